@@ -1,0 +1,155 @@
+"""`python -m unitscope <stage> ...`: each pipeline stage as a command (the Snakemake rules call
+exactly these), plus `layers` to print a model's layer table without any data."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger("unitscope")
+
+
+def _units(value: str) -> int | list[int]:
+    """`9` or `[3, 17, 42]` / `3,17,42`."""
+    value = value.strip()
+    if value.startswith("["):
+        return [int(v) for v in json.loads(value)]
+    if "," in value:
+        return [int(v) for v in value.split(",") if v]
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m unitscope", description=__doc__)
+    sub = p.add_subparsers(dest="stage", required=True)
+
+    s = sub.add_parser("dataset", help="index a dataset into manifest.parquet and rejected.parquet")
+    s.add_argument("--source", required=True, choices=["sample", "folder"])
+    s.add_argument("--path", help="folder of images (source folder)")
+    s.add_argument("--max-images", type=int)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--rejected", required=True)
+    s.add_argument("--threads", type=int, default=1)
+
+    s = sub.add_parser("inputs", help="preprocess one shard of images into the inputs store")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--shard", type=int, default=0)
+    s.add_argument("--shards", type=int, default=1)
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+
+    s = sub.add_parser("layers", help="print (and write) the layer table: shapes and receptive fields")
+    s.add_argument("--model", required=True)
+    s.add_argument("--layers", nargs="+", help="aliases or module paths (default: every alias)")
+    s.add_argument("--out", help="write layers.parquet here")
+    s.add_argument("--no-probe", action="store_true", help="skip the gradient-probe cross-check")
+    s.add_argument("--check-units", nargs="*", default=[], metavar="LAYER=N",
+                   help="fail unless LAYER has at least N units (before any inference)")
+
+    s = sub.add_parser("activations", help="per-image spatial max/argmax of each layer, one shard")
+    s.add_argument("--inputs", required=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--weights", default="imagenet", help="imagenet, none, or a state_dict path")
+    s.add_argument("--layers", nargs="+", required=True)
+    s.add_argument("--out", nargs="+", required=True, help="one output file per layer, same order")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    s.add_argument("--threads", type=int, default=1)
+
+    s = sub.add_parser("topk", help="top-k table and unit statistics of one layer")
+    s.add_argument("--layer", required=True)
+    s.add_argument("--activations", nargs="+", required=True)
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--layers-table", required=True)
+    s.add_argument("--k", type=int, default=9)
+    s.add_argument("--distinct", default="image", choices=["image", "group"])
+    s.add_argument("--out", required=True)
+    s.add_argument("--units-out", required=True)
+
+    s = sub.add_parser("patches", help="cut the top-k patches of one layer")
+    s.add_argument("--topk", required=True)
+    s.add_argument("--inputs", nargs="+", required=True)
+    s.add_argument("--patch-max-px", type=int, default=128)
+    s.add_argument("--out", required=True)
+
+    s = sub.add_parser("grids", help="draw the layer figure and one figure per unit")
+    s.add_argument("--patches", required=True)
+    s.add_argument("--units-table", required=True)
+    s.add_argument("--units", type=_units, default=9, help="how many, or a list of unit ids")
+    s.add_argument("--pick", default="top", choices=["top", "random", "first"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--k", type=int)
+    s.add_argument("--display-px", type=int, default=64)
+    s.add_argument("--out", required=True)
+    s.add_argument("--unit-dir", required=True)
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.stage == "dataset":
+        from .datasets.index import folder_candidates, index_images
+        from .datasets.sample import sample_candidates
+
+        if args.source == "sample":
+            cands = sample_candidates(args.max_images, args.seed)
+        else:
+            if not args.path:
+                raise ValueError("dataset source folder needs --path")
+            cands = folder_candidates(args.path)
+            if args.max_images is not None:
+                cands = cands[:args.max_images]
+        index_images(cands, args.manifest, args.rejected, args.threads)
+    elif args.stage == "inputs":
+        from .inputs import write_inputs
+        from .models import get_spec
+
+        spec = get_spec(args.model)
+        write_inputs(args.manifest, args.out, args.shard, args.shards, spec.resize_size,
+                     spec.input_size, args.threads)
+    elif args.stage == "layers":
+        from .layers import check_units, format_table, layer_table, write_layer_table
+        from .models import get_spec
+
+        layers = args.layers or list(get_spec(args.model).aliases)
+        table = layer_table(args.model, layers, probe=not args.no_probe)
+        check_units(table, dict(c.split("=", 1) for c in args.check_units))
+        if args.out:
+            write_layer_table(table, args.out)
+        else:
+            print(format_table(table))
+    elif args.stage == "activations":
+        from .activations import run_inference
+
+        weights = None if args.weights == "none" else args.weights
+        run_inference(args.inputs, args.model, args.layers, args.out, weights, args.batch_size,
+                      args.device, args.threads, args.precision)
+    elif args.stage == "topk":
+        from .topk import select_topk
+
+        select_topk(args.activations, args.manifest, args.layers_table, args.layer, args.k,
+                    args.distinct, args.out, args.units_out)
+    elif args.stage == "patches":
+        from .patches import cut_patches
+
+        cut_patches(args.topk, args.inputs, args.out, args.patch_max_px)
+    elif args.stage == "grids":
+        from .grids import draw_grids
+
+        draw_grids(args.patches, args.units_table, args.out, args.unit_dir, args.units,
+                   args.pick, args.seed, args.display_px, args.k)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        log.error("%s failed: %s", args.stage, e)
+        return 1
+    return 0

@@ -1,0 +1,103 @@
+"""Decode every candidate image once, in parallel threads; usable ones become the manifest, the
+rest go to the rejects table with the reason."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+from ..atomic import atomic_path
+from ..progress import Progress
+from . import Candidate
+
+log = logging.getLogger("unitscope")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def folder_candidates(root: str | os.PathLike) -> list[Candidate]:
+    """Every file under `root` with an image suffix, sorted; label and group = the sub-folder
+    directly under `root` (none for files at the top), so class folders become labels."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {str(root)!r} does not exist")
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            rel = p.relative_to(root)
+            label = rel.parts[0] if len(rel.parts) > 1 else None
+            out.append(Candidate(str(p), group=str(rel), label=label))
+    return out
+
+
+def inspect(c: Candidate) -> tuple[int, int] | str:
+    """(width, height) of the usable image a candidate names, or the reason it is not usable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if os.path.getsize(c.path) == 0:
+            return "empty file"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(c.path) as im:
+                size = im.size
+                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation turns 90°
+                    size = size[::-1]
+                im.draft("RGB", (64, 64))  # JPEG: decode at reduced size, still reads all data
+                im.load()
+    except UnidentifiedImageError:
+        return "not an image Pillow can read"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return f"decompression bomb: {e}"
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"cannot decode: {e}"
+    if c.crop is not None:
+        left, top, right, bottom = c.crop
+        if not (0 <= left < right <= size[0] and 0 <= top < bottom <= size[1]):
+            return f"crop {c.crop} outside the {size[0]}x{size[1]} image"
+        return right - left, bottom - top
+    return size
+
+
+def index_images(candidates: list[Candidate], manifest_out: str | os.PathLike,
+                 rejected_out: str | os.PathLike, threads: int = 1) -> pd.DataFrame:
+    """Write the manifest and rejects tables; returns the manifest. Fails if no image is usable."""
+    progress = Progress(len(candidates), "index")
+    results = []
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        for r in pool.map(inspect, candidates):
+            results.append(r)
+            progress.update(1)
+    ok = [(c, r) for c, r in zip(candidates, results) if not isinstance(r, str)]
+    bad = [(c, r) for c, r in zip(candidates, results) if isinstance(r, str)]
+    for c, r in bad:
+        log.warning("set aside %s: %s", c.path, r)
+    rejected = pd.DataFrame({"path": [c.path for c, _ in bad], "reason": [r for _, r in bad]},
+                            columns=["path", "reason"]).astype("string")
+    if not ok:
+        raise ValueError(f"the dataset has no usable image ({len(candidates)} candidates, "
+                         f"{len(bad)} rejected)")
+
+    def crop_col(i: int) -> pd.Series:
+        return pd.array([c.crop[i] if c.crop else None for c, _ in ok], dtype="Int64")
+
+    manifest = pd.DataFrame({
+        "image_id": pd.array(range(len(ok)), dtype="int64"),
+        "path": pd.array([c.path for c, _ in ok], dtype="string"),
+        "group": pd.array([c.group for c, _ in ok], dtype="string"),
+        "label": pd.array([c.label for c, _ in ok], dtype="string"),
+        "width": pd.array([wh[0] for _, wh in ok], dtype="int64"),
+        "height": pd.array([wh[1] for _, wh in ok], dtype="int64"),
+        "crop_left": crop_col(0), "crop_top": crop_col(1),
+        "crop_right": crop_col(2), "crop_bottom": crop_col(3),
+    })
+    for table, path in ((manifest, manifest_out), (rejected, rejected_out)):
+        with atomic_path(path) as tmp:
+            table.to_parquet(tmp, index=False)
+    log.info("manifest: %d images from %d groups; %d set aside", len(manifest),
+             manifest["group"].nunique(), len(rejected))
+    return manifest

@@ -1,0 +1,33 @@
+"""A short hash of the package version and the source of the modules a stage runs, given to
+Snakemake as a param so that changing a stage's code reruns exactly the jobs that depend on it."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+
+from . import __version__
+
+# Which modules' code decides each stage's output.
+STAGE_MODULES: dict[str, list[str]] = {
+    "dataset": ["unitscope.datasets", "unitscope.datasets.sample", "unitscope.datasets.index"],
+    "inputs": ["unitscope.inputs"],
+    "layers": ["unitscope.layers", "unitscope.receptive_field", "unitscope.models",
+               "unitscope.models.efficientnet_lite"],
+    "activations": ["unitscope.activations", "unitscope.models",
+                    "unitscope.models.efficientnet_lite"],
+    "topk": ["unitscope.topk", "unitscope.unit_stats"],
+    "patches": ["unitscope.patches"],
+    "grids": ["unitscope.grids"],
+}
+
+
+def stage_fingerprint(stage: str) -> str:
+    """12 hex digits that change whenever the package version or the stage's code changes."""
+    h = hashlib.sha256(__version__.encode())
+    for module in STAGE_MODULES[stage]:
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"stage {stage!r}: module {module} not found")
+        with open(spec.origin, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:12]

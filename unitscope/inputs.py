@@ -1,0 +1,90 @@
+"""The images exactly as the network sees them: EXIF-oriented, RGB, cropped to the manifest's box,
+shorter side resized to the model's `resize_size`, centre-cropped to `input_size`. One HDF5 file per
+shard: `images` (N×H×W×3 uint8) and `image_id` (N,). Inference and patch cropping both read it."""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from .atomic import atomic_path
+from .progress import Progress
+
+log = logging.getLogger("unitscope")
+
+
+def shard_range(n_images: int, shard: int, shards: int) -> tuple[int, int]:
+    """The contiguous image_id range [lo, hi) of shard `shard` out of `shards`."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} outside 0..{shards - 1}")
+    return shard * n_images // shards, (shard + 1) * n_images // shards
+
+
+def load_image(path: str, crop: tuple[int, int, int, int] | None, resize_size: int,
+               input_size: int) -> np.ndarray:
+    """One image as the network sees it (H×W×3 uint8)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        if crop is None and im.format == "JPEG":
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still leaves enough pixels.
+            w, h = im.size
+            s = resize_size / min(w, h)
+            im.draft("RGB", (int(w * s) + 1, int(h * s) + 1))
+        im = ImageOps.exif_transpose(im)
+        if im.mode != "RGB":
+            im = im.convert("RGBA").convert("RGB") if "A" in im.getbands() or im.mode == "P" \
+                else im.convert("RGB")
+        if crop is not None:
+            im = im.crop(crop)
+        w, h = im.size
+        s = resize_size / min(w, h)
+        nw, nh = max(input_size, round(w * s)), max(input_size, round(h * s))
+        im = im.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+        left, top = (nw - input_size) // 2, (nh - input_size) // 2
+        im = im.crop((left, top, left + input_size, top + input_size))
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _crop_of(row) -> tuple[int, int, int, int] | None:
+    if pd.isna(row.crop_left):
+        return None
+    return int(row.crop_left), int(row.crop_top), int(row.crop_right), int(row.crop_bottom)
+
+
+def write_inputs(manifest_path: str | os.PathLike, out_path: str | os.PathLike, shard: int,
+                 shards: int, resize_size: int, input_size: int, threads: int = 1) -> int:
+    """Preprocess the images of one shard into `out_path`; returns how many it holds."""
+    manifest = pd.read_parquet(manifest_path)
+    lo, hi = shard_range(len(manifest), shard, shards)
+    rows = manifest.iloc[lo:hi]
+    progress = Progress(len(rows), f"inputs shard {shard}")
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
+        images = f.create_dataset("images", (len(rows), input_size, input_size, 3), dtype="uint8",
+                                  chunks=(1, input_size, input_size, 3) if len(rows) else None)
+        f.create_dataset("image_id", data=rows["image_id"].to_numpy(dtype=np.int64))
+        f.attrs.update(resize_size=resize_size, input_size=input_size, shard=shard, shards=shards)
+
+        def work(row):
+            return load_image(row.path, _crop_of(row), resize_size, input_size)
+
+        with ThreadPoolExecutor(max(threads, 1)) as pool:
+            for i, arr in enumerate(pool.map(work, rows.itertuples(index=False))):
+                images[i] = arr
+                progress.update(1)
+    log.info("inputs shard %d: images %d..%d", shard, lo, hi - 1)
+    return len(rows)
+
+
+def input_locations(input_paths: list[str]) -> dict[int, tuple[str, int]]:
+    """image_id -> (shard file, row) over a set of input shards."""
+    where = {}
+    for p in input_paths:
+        with h5py.File(p, "r") as f:
+            for row, image_id in enumerate(f["image_id"][:]):
+                where[int(image_id)] = (p, row)
+    return where

@@ -1,0 +1,99 @@
+"""The layer table: for each configured layer, its output shape and the exact receptive field of
+one unit, checked against a gradient probe. It answers "how big is a unit's patch in layer L".
+
+Columns (`layers.parquet`): layer, module, channels, height, width, units (= channels),
+activations (= C×H×W), rf_size, rf_stride, rf_offset (rows; input-pixel centre of position 0,
+pixel i spans [i, i+1)), rf_start (first input row seen by position 0), and the same four for
+columns as rf_size_x, rf_stride_x, rf_offset_x, rf_start_x."""
+from __future__ import annotations
+
+import logging
+import os
+
+import pandas as pd
+
+from .atomic import atomic_path
+from .models import build_model, get_spec, resolve_layers
+from .receptive_field import (ReceptiveField, UnknownReceptiveField, analytic_receptive_fields,
+                              check_against_probe, feature_sizes, probe_receptive_field)
+
+log = logging.getLogger("unitscope")
+
+
+def layer_table(model_name: str, layers: list[str], probe: bool = True) -> pd.DataFrame:
+    """The table for `layers` (aliases or module paths) of a built-in model; needs no data."""
+    spec = get_spec(model_name)
+    modules = resolve_layers(model_name, layers)
+    model = build_model(model_name, weights=None)
+    size = (spec.input_size, spec.input_size)
+    shapes = feature_sizes(model, list(modules.values()), size)
+    fields = analytic_receptive_fields(model, list(modules.values()), size)
+    rows = []
+    for layer, module in modules.items():
+        c, h, w = shapes[module]
+        rf = fields[module]
+        if isinstance(rf, str):
+            log.warning("layer %s: analytic walk stopped (%s); using the gradient probe", layer, rf)
+            try:
+                rf = probe_receptive_field(model, module, size, (h, w))
+            except UnknownReceptiveField as e:
+                raise ValueError(f"layer {layer}: receptive field unknown ({rf}; {e})") from None
+        elif probe:
+            check_against_probe(model, module, rf, size, (h, w))
+        rows.append(_row(layer, module, (c, h, w), rf))
+    return pd.DataFrame(rows)
+
+
+def _row(layer: str, module: str, shape: tuple[int, int, int], rf: ReceptiveField) -> dict:
+    c, h, w = shape
+    return {"layer": layer, "module": module, "channels": c, "height": h, "width": w,
+            "units": c, "activations": c * h * w,
+            "rf_size": rf.y.size, "rf_stride": rf.y.stride, "rf_offset": rf.y.offset,
+            "rf_start": rf.y.start,
+            "rf_size_x": rf.x.size, "rf_stride_x": rf.x.stride, "rf_offset_x": rf.x.offset,
+            "rf_start_x": rf.x.start}
+
+
+def field_of(row) -> ReceptiveField:
+    """The ReceptiveField of one row of the layer table."""
+    from .receptive_field import AxisRF
+
+    return ReceptiveField(AxisRF(int(row["rf_size"]), int(row["rf_stride"]), int(row["rf_start"])),
+                          AxisRF(int(row["rf_size_x"]), int(row["rf_stride_x"]),
+                                 int(row["rf_start_x"])))
+
+
+def layer_row(table_path: str | os.PathLike, layer: str) -> pd.Series:
+    """One layer's row of a layers.parquet file."""
+    table = pd.read_parquet(table_path)
+    hit = table[table["layer"] == layer]
+    if hit.empty:
+        raise ValueError(f"layer {layer!r} not in {table_path}; it has {', '.join(table['layer'])}")
+    return hit.iloc[0]
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The table as a human reads it: name, output C×H×W, units, RF size/stride/offset."""
+    lines = [f"{'layer':<12} {'module':<16} {'output C×H×W':>16} {'units':>6} "
+             f"{'RF size':>9} {'stride':>6} {'offset':>7}"]
+    for r in table.itertuples():
+        size = f"{r.rf_size}" if r.rf_size == r.rf_size_x else f"{r.rf_size}×{r.rf_size_x}"
+        lines.append(f"{r.layer:<12} {r.module:<16} {f'{r.channels}×{r.height}×{r.width}':>16} "
+                     f"{r.units:>6} {size + ' px':>9} {r.rf_stride:>6} {r.rf_offset:>7.1f}")
+    return "\n".join(lines)
+
+
+def check_units(table: pd.DataFrame, wanted: dict[str, int | str]) -> None:
+    """Raise ValueError if a layer is asked to show more units than it has channels."""
+    channels = dict(zip(table["layer"], table["channels"]))
+    for layer, need in wanted.items():
+        if int(need) > channels[layer]:
+            raise ValueError(f"config key 'units' for layer {layer}: {need} units asked for but "
+                             f"{layer} has {channels[layer]} channels (units 0..{channels[layer] - 1})")
+
+
+def write_layer_table(table: pd.DataFrame, out_path: str | os.PathLike) -> None:
+    """Log and write the layer table."""
+    log.info("layer table (receptive fields in input pixels):\n%s", format_table(table))
+    with atomic_path(out_path) as tmp:
+        table.to_parquet(tmp, index=False)

@@ -1,0 +1,367 @@
+"""Exact receptive fields of any layer of a CNN, found two independent ways.
+
+`analytic_receptive_fields` follows a real forward pass op by op (a TorchFunctionMode sees every
+conv, pool, pad, add, cat, ...) and carries (size, stride, start) per axis through it; where
+branches meet the field is the union over the paths. `probe_receptive_field` back-propagates from
+one unit of a linearised copy of the network with all-positive weights and reads off the input
+pixels with non-zero gradient. Tests hold the two against each other.
+
+Coordinates are pixel edges: pixel i spans [i, i+1). A unit at feature position p along an axis
+sees input pixels [start + stride·p, start + stride·p + size); its centre is offset + stride·p
+with offset = start + size/2. Starts may be negative (the field reaches into the padding).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+
+@dataclass(frozen=True)
+class AxisRF:
+    """Receptive field along one axis: `size` pixels, `stride` pixels between neighbouring
+    positions, `start` = first input pixel seen by position 0."""
+
+    size: int
+    stride: int
+    start: int
+
+    @property
+    def offset(self) -> float:
+        """Input-pixel centre of position 0 (pixel i spans [i, i+1))."""
+        return self.start + self.size / 2
+
+    def span(self, position: int) -> tuple[int, int]:
+        """Input pixels [lo, hi) seen by feature position `position`."""
+        lo = self.start + self.stride * position
+        return lo, lo + self.size
+
+    def through(self, kernel: int, stride: int, pad_before: int, dilation: int = 1) -> "AxisRF":
+        """The field after a sliding window (conv or pool) applied on top of this one."""
+        return AxisRF(size=self.size + (kernel - 1) * dilation * self.stride,
+                      stride=self.stride * stride,
+                      start=self.start - pad_before * self.stride)
+
+    def union(self, other: "AxisRF") -> "AxisRF":
+        """Smallest field covering both (branches that meet in an add or a concat)."""
+        if other.stride != self.stride:
+            raise UnknownReceptiveField(
+                f"branches with different strides meet ({self.stride} vs {other.stride})")
+        start = min(self.start, other.start)
+        end = max(self.start + self.size, other.start + other.size)
+        return AxisRF(size=end - start, stride=self.stride, start=start)
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Receptive field of one layer's units, per axis (y = rows, x = columns)."""
+
+    y: AxisRF
+    x: AxisRF
+
+    def box(self, y: int, x: int) -> tuple[int, int, int, int]:
+        """(y0, x0, y1, x1): the input pixels a unit at feature position (y, x) sees, exclusive
+        ends, not clipped to the image."""
+        y0, y1 = self.y.span(y)
+        x0, x1 = self.x.span(x)
+        return y0, x0, y1, x1
+
+    def union(self, other: "ReceptiveField") -> "ReceptiveField":
+        return ReceptiveField(self.y.union(other.y), self.x.union(other.x))
+
+
+IDENTITY = ReceptiveField(AxisRF(1, 1, 0), AxisRF(1, 1, 0))
+
+
+class UnknownReceptiveField(Exception):
+    """The analytic walk met an operation whose effect on the field it cannot compute."""
+
+
+class _Unknown:
+    """Marks a tensor whose field could not be followed, with the reason."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _arg(args: Sequence, kwargs: dict, index: int, name: str, default=None):
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        return (int(v[0]), int(v[-1])) if len(v) else (None, None)
+    return int(v), int(v)
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors(o)]
+    return []
+
+
+def _window(rf: ReceptiveField, kernel, stride, padding, dilation, shape) -> ReceptiveField:
+    kh, kw = _pair(kernel)
+    sh, sw = _pair(stride if stride not in (None, [], ()) else kernel)
+    dh, dw = _pair(dilation if dilation is not None else 1)
+    if isinstance(padding, str):
+        if padding == "valid":
+            ph = pw = 0
+        else:  # PyTorch's "same" (stride 1 only): total (k-1)·d, the smaller half before
+            ph, pw = (dh * (kh - 1)) // 2, (dw * (kw - 1)) // 2
+    else:
+        ph, pw = _pair(padding if padding is not None else 0)
+    return ReceptiveField(rf.y.through(kh, sh, ph, dh), rf.x.through(kw, sw, pw, dw))
+
+
+class _FieldTracker(TorchFunctionMode):
+    """Runs the forward pass and records the receptive field of every 4-D tensor it makes."""
+
+    def __init__(self, x: torch.Tensor):
+        super().__init__()
+        self.fields: dict[int, ReceptiveField | _Unknown] = {id(x): IDENTITY}
+        self._keep = [x]  # ids stay unique while the tensors are alive
+
+    def field(self, t: torch.Tensor):
+        return self.fields.get(id(t))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        ins = [t for t in _tensors(args) + _tensors(kwargs) if id(t) in self.fields]
+        outs = [t for t in _tensors(out) if t.dim() == 4]
+        if not ins or not outs:
+            return out
+        try:
+            rf = self._rule(func, args, kwargs, ins, outs[0])
+        except UnknownReceptiveField as e:
+            rf = _Unknown(f"{getattr(func, '__name__', func)}: {e}")
+        for t in outs:
+            self.fields[id(t)] = rf
+            self._keep.append(t)
+        return out
+
+    def _rule(self, func, args, kwargs, ins, out):
+        name = getattr(func, "__name__", str(func))
+        fields = [self.fields[id(t)] for t in ins]
+        for f in fields:
+            if isinstance(f, _Unknown):
+                raise UnknownReceptiveField(f.reason)
+        src = ins[0]
+        if name in ("conv2d", "convolution") and src is args[0]:
+            weight = _arg(args, kwargs, 1, "weight")
+            if name == "convolution" and _arg(args, kwargs, 6, "transposed", False):
+                raise UnknownReceptiveField("transposed convolution")
+            return _window(fields[0], tuple(weight.shape[-2:]), _arg(args, kwargs, 3, "stride", 1),
+                           _arg(args, kwargs, 4, "padding", 0),
+                           _arg(args, kwargs, 5, "dilation", 1), src.shape)
+        if name in ("max_pool2d", "max_pool2d_with_indices"):
+            kernel = _arg(args, kwargs, 1, "kernel_size")
+            return _window(fields[0], kernel, _arg(args, kwargs, 2, "stride", None),
+                           _arg(args, kwargs, 3, "padding", 0),
+                           _arg(args, kwargs, 4, "dilation", 1), src.shape)
+        if name == "avg_pool2d":
+            kernel = _arg(args, kwargs, 1, "kernel_size")
+            return _window(fields[0], kernel, _arg(args, kwargs, 2, "stride", None),
+                           _arg(args, kwargs, 3, "padding", 0), 1, src.shape)
+        if name == "pad":
+            pad = list(_arg(args, kwargs, 1, "pad"))
+            mode = _arg(args, kwargs, 2, "mode", "constant")
+            if mode not in ("constant", None) and any(pad[:4]):
+                # reflect/replicate padding copies interior pixels: the window still starts
+                # `before` pixels earlier, but those pixels come from inside the image.
+                raise UnknownReceptiveField(f"{mode} padding")
+            left, right = (pad + [0, 0])[:2]
+            top, bottom = (pad + [0, 0, 0, 0])[2:4]
+            rf = fields[0]
+            return ReceptiveField(rf.y.through(1, 1, top), rf.x.through(1, 1, left))
+        if name.startswith("adaptive_") or name == "interpolate" or name.startswith("upsample"):
+            if out.shape[-2:] == (1, 1):
+                raise UnknownReceptiveField("global pooling (the whole input)")
+            raise UnknownReceptiveField(name)
+        # Everything else must keep the spatial grid (elementwise ops, norms, activations,
+        # channel concat, in-place updates); the field is the union over its inputs.
+        same = [t for t in ins if t.dim() == 4 and t.shape[-2:] == out.shape[-2:]]
+        if len(same) != len([t for t in ins if t.dim() == 4]) or not same:
+            raise UnknownReceptiveField(f"{name} changes the spatial size "
+                                        f"{tuple(src.shape[-2:])} -> {tuple(out.shape[-2:])}")
+        rf = self.fields[id(same[0])]
+        for t in same[1:]:
+            rf = rf.union(self.fields[id(t)])
+        return rf
+
+
+def analytic_receptive_fields(model: nn.Module, modules: Iterable[str],
+                              input_size: tuple[int, int]) -> dict[str, ReceptiveField | str]:
+    """Receptive field of the output of each named module, for an input of `input_size` (H, W).
+
+    Runs one forward pass of a 1×3×H×W zero image. A module whose field cannot be followed maps
+    to a string saying why (use `probe_receptive_field` for it)."""
+    wanted = list(modules)
+    named = dict(model.named_modules())
+    x = torch.zeros(1, 3, *input_size)
+    outputs: dict[str, torch.Tensor] = {}
+    handles = [named[m].register_forward_hook(
+        lambda mod, inp, out, m=m: outputs.update({m: out})) for m in wanted]
+    tracker = _FieldTracker(x)
+    try:
+        with torch.inference_mode(), tracker:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    result: dict[str, ReceptiveField | str] = {}
+    for m in wanted:
+        if m not in outputs:
+            result[m] = "module did not run in the forward pass"
+            continue
+        f = tracker.field(outputs[m]) if isinstance(outputs[m], torch.Tensor) else None
+        if f is None:
+            result[m] = "output is not a 4-D feature map"
+        elif isinstance(f, _Unknown):
+            result[m] = f.reason
+        else:
+            result[m] = f
+    return result
+
+
+class _PositiveLinear(TorchFunctionMode):
+    """Makes a network linear with positive weights, so a gradient can never cancel: convs and
+    linears get |w| normalised to sum 1 per output, no bias; max-pool becomes avg-pool;
+    activations and normalisations become the identity."""
+
+    _IDENTITY = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "silu", "gelu",
+                 "sigmoid", "hardswish", "hardsigmoid", "elu", "mish", "tanh", "dropout",
+                 "batch_norm", "group_norm", "layer_norm", "instance_norm",
+                 "local_response_norm"}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in self._IDENTITY:
+            return args[0] if args else kwargs["input"]
+        if name in ("conv2d", "linear"):
+            w = _arg(args, kwargs, 1, "weight").detach().abs() + 1e-3
+            w = w / w.flatten(1).sum(1).view(-1, *[1] * (w.dim() - 1))
+            w = w.to(args[0].dtype)
+            if name == "linear":
+                return F.linear(args[0], w)
+            return F.conv2d(args[0], w, None, _arg(args, kwargs, 3, "stride", 1),
+                            _arg(args, kwargs, 4, "padding", 0),
+                            _arg(args, kwargs, 5, "dilation", 1),
+                            _arg(args, kwargs, 6, "groups", 1))
+        if name in ("max_pool2d", "max_pool2d_with_indices"):
+            kernel = _arg(args, kwargs, 1, "kernel_size")
+            stride = _arg(args, kwargs, 2, "stride", None) or kernel
+            dilation = _pair(_arg(args, kwargs, 4, "dilation", 1))
+            if dilation != (1, 1):
+                raise UnknownReceptiveField("dilated max-pool has no probe")
+            out = F.avg_pool2d(args[0], kernel, stride, _arg(args, kwargs, 3, "padding", 0),
+                               _arg(args, kwargs, 5, "ceil_mode", False), True)
+            return (out, None) if _arg(args, kwargs, 6, "return_indices", False) else out
+        return func(*args, **kwargs)
+
+
+class _Reached(Exception):
+    """Stops a forward pass once the wanted layer has run."""
+
+
+def probe_box(model: nn.Module, module: str, input_size: tuple[int, int],
+              position: tuple[int, int], channel: int = 0) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) of the input pixels with non-zero gradient from one unit of `module` at
+    feature `position`, in a positive linearised copy of `model` (float64). The box is clipped to
+    the input, as any gradient is."""
+    probe = copy.deepcopy(model).double().eval()
+    target = dict(probe.named_modules())[module]
+    captured = {}
+
+    def stop(mod, inp, out):
+        captured["out"] = out
+        raise _Reached
+
+    handle = target.register_forward_hook(stop)
+    x = torch.ones(1, 3, *input_size, dtype=torch.float64, requires_grad=True)
+    try:
+        with _PositiveLinear():
+            probe(x)
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    out = captured["out"]
+    out[0, channel, position[0], position[1]].backward()
+    nz = x.grad[0].abs().sum(0) > 0
+    rows = torch.nonzero(nz.any(1)).flatten()
+    cols = torch.nonzero(nz.any(0)).flatten()
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def probe_receptive_field(model: nn.Module, module: str, input_size: tuple[int, int],
+                          feature_size: tuple[int, int]) -> ReceptiveField:
+    """Receptive field of `module` measured by gradient probes alone (for layers the analytic walk
+    cannot follow). Needs a unit whose field lies inside the image on each axis."""
+    fh, fw = feature_size
+    centre = probe_box(model, module, input_size, (fh // 2, fw // 2))
+    axes = []
+    for axis, n in ((0, fh), (1, fw)):
+        lo, hi = centre[axis], centre[axis + 2]
+        if lo == 0 or hi == input_size[axis]:
+            raise UnknownReceptiveField(
+                f"the field of {module} is larger than the {input_size} input on axis "
+                f"{'yx'[axis]}; probe with a larger input")
+        stride = 0
+        if n > 1:
+            nxt = probe_box(model, module, input_size,
+                            (fh // 2 + (axis == 0), fw // 2 + (axis == 1)))
+            stride = nxt[axis] - lo
+        p = (fh, fw)[axis] // 2
+        axes.append(AxisRF(size=hi - lo, stride=stride, start=lo - stride * p))
+    return ReceptiveField(*axes)
+
+
+def clipped(box: tuple[int, int, int, int], input_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A box clipped into an image of `input_size` (H, W)."""
+    y0, x0, y1, x1 = box
+    h, w = input_size
+    return max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+
+
+def check_against_probe(model: nn.Module, module: str, rf: ReceptiveField,
+                        input_size: tuple[int, int], feature_size: tuple[int, int]) -> None:
+    """Raise AssertionError unless the analytic field, clipped to the image, equals the probe's
+    support at the corners and the centre of the feature map."""
+    fh, fw = feature_size
+    for pos in {(0, 0), (fh - 1, fw - 1), (fh // 2, fw // 2), (0, fw - 1)}:
+        want = clipped(rf.box(*pos), input_size)
+        got = probe_box(model, module, input_size, pos)
+        if want != got:
+            raise AssertionError(f"receptive field of {module} at {pos}: analytic {want} "
+                                 f"but gradient probe {got}")
+
+
+def feature_sizes(model: nn.Module, modules: Sequence[str],
+                  input_size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """Output shape (C, H, W) of each named module for one input of `input_size`."""
+    named = dict(model.named_modules())
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = [named[m].register_forward_hook(
+        lambda mod, inp, out, m=m: shapes.update({m: tuple(out.shape[1:])}))
+        for m in modules]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, *input_size))
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes

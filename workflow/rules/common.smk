@@ -1,0 +1,92 @@
+import os
+import re
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+# The package sits beside the Snakefile; make it importable even when not pip-installed, and let
+# job shells find the same Python as Snakemake itself (a conda env's python wins under --sdm conda).
+sys.path.insert(0, workflow.basedir)
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+from unitscope.fingerprint import stage_fingerprint
+from unitscope.models import resolve_layers
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+DATASET = config["dataset"].get("id") or config["dataset"]["name"]
+MODEL = config["model"]["name"]
+LAYERS = config["layers"]
+RES = f"results/{DATASET}/{MODEL}"
+SHARDS = [f"{i:03d}" for i in range(config["shards"])]
+LAYER_SETTINGS = ("k", "distinct", "units", "pick", "seed", "patch_max_px", "display_px")
+
+try:
+    resolve_layers(MODEL, LAYERS)  # fails before any work, listing the valid names
+except ValueError as e:
+    raise WorkflowError(f"config key 'layers': {e}") from None
+_unknown = sorted(set(config["overrides"]) - set(LAYERS))
+if _unknown:
+    raise WorkflowError(
+        f"config key 'overrides' names layers that are not in 'layers': {', '.join(_unknown)}; "
+        f"configured layers: {', '.join(LAYERS)}"
+    )
+if config["dataset"]["name"] == "folder" and not config["dataset"].get("path"):
+    raise WorkflowError("config key 'dataset.path' is required when dataset.name is folder")
+
+
+wildcard_constraints:
+    layer="|".join(re.escape(l) for l in LAYERS),
+    shard=r"\d+",
+
+
+def setting(layer, key):
+    """A layer's value of a per-layer setting: its override, else the global value."""
+    return config["overrides"].get(layer, {}).get(key, config[key])
+
+
+def units_arg(layer):
+    units = setting(layer, "units")
+    return ",".join(map(str, units)) + "," if isinstance(units, list) else str(units)
+
+
+def dataset_args():
+    d = config["dataset"]
+    args = [f"--source {d['name']}", f"--seed {d['seed']}"]
+    if d.get("path"):
+        args.append(f"--path '{d['path']}'")
+    if d.get("max_images"):
+        args.append(f"--max-images {d['max_images']}")
+    return " ".join(args)
+
+
+def inputs_path(shard="{shard}"):
+    return f"{RES}/inputs/shard-{shard}.h5"
+
+
+def activations_path(layer, shard="{shard}"):
+    return f"{RES}/activations/{layer}/shard-{shard}.h5"
+
+
+def all_inputs(wildcards=None):
+    return [inputs_path(s) for s in SHARDS]
+
+
+def layer_activations(wildcards):
+    return [activations_path(wildcards.layer, s) for s in SHARDS]
+
+
+def unit_checks():
+    """--units arguments for the layers stage, so that too many units fails before inference."""
+    checks = []
+    for layer in LAYERS:
+        units = setting(layer, "units")
+        need = max(units) + 1 if isinstance(units, list) else units
+        checks.append(f"{layer}={need}")
+    return " ".join(checks)
+
+
+def all_outputs():
+    return [f"{RES}/grids/{layer}.png" for layer in LAYERS] + [f"{RES}/layers.parquet"]

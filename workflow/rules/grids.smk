@@ -1,0 +1,28 @@
+rule grids:
+    input:
+        patches=f"{RES}/patches/{{layer}}.h5",
+        units=f"{RES}/units/{{layer}}.parquet",
+    output:
+        figure=report(
+            f"{RES}/grids/{{layer}}.png",
+            caption="../report/grid.rst",
+            category="Layer figures",
+            labels={"layer": "{layer}"},
+        ),
+        unit_dir=directory(f"{RES}/grids/{{layer}}"),
+    log:
+        f"{RES}/logs/grids/{{layer}}.log",
+    params:
+        units=lambda w: units_arg(w.layer),
+        pick=lambda w: setting(w.layer, "pick"),
+        seed=lambda w: setting(w.layer, "seed"),
+        k=lambda w: setting(w.layer, "k"),
+        display_px=lambda w: setting(w.layer, "display_px"),
+        code=stage_fingerprint("grids"),
+    conda:
+        "../../envs/unitscope.yaml"
+    shell:
+        "python -m unitscope grids --patches {input.patches} --units-table {input.units}"
+        " --units {params.units} --pick {params.pick} --seed {params.seed} --k {params.k}"
+        " --display-px {params.display_px} --out {output.figure} --unit-dir {output.unit_dir}"
+        " > {log} 2>&1"

@@ -1,0 +1,17 @@
+rule inputs:
+    input:
+        manifest=f"results/{DATASET}/manifest.parquet",
+    output:
+        inputs_path(),
+    log:
+        f"{RES}/logs/inputs/shard-{{shard}}.log",
+    params:
+        shards=config["shards"],
+        code=stage_fingerprint("inputs"),
+    threads: 2
+    conda:
+        "../../envs/unitscope.yaml"
+    shell:
+        "python -m unitscope inputs --manifest {input.manifest} --model {MODEL}"
+        " --shard {wildcards.shard} --shards {params.shards} --out {output}"
+        " --threads {threads} > {log} 2>&1"

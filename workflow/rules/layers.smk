@@ -1,0 +1,14 @@
+rule layers:
+    output:
+        f"{RES}/layers.parquet",
+    log:
+        f"{RES}/logs/layers.log",
+    params:
+        layers=" ".join(LAYERS),
+        units=unit_checks(),
+        code=stage_fingerprint("layers"),
+    conda:
+        "../../envs/unitscope.yaml"
+    shell:
+        "python -m unitscope layers --model {MODEL} --layers {params.layers}"
+        " --check-units {params.units} --out {output} > {log} 2>&1"

@@ -1,0 +1,16 @@
+rule patches:
+    input:
+        topk=f"{RES}/topk/{{layer}}.parquet",
+        inputs=all_inputs,
+    output:
+        f"{RES}/patches/{{layer}}.h5",
+    log:
+        f"{RES}/logs/patches/{{layer}}.log",
+    params:
+        patch_max_px=lambda w: setting(w.layer, "patch_max_px"),
+        code=stage_fingerprint("patches"),
+    conda:
+        "../../envs/unitscope.yaml"
+    shell:
+        "python -m unitscope patches --topk {input.topk} --inputs {input.inputs}"
+        " --patch-max-px {params.patch_max_px} --out {output} > {log} 2>&1"
