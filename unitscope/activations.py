@@ -20,6 +20,9 @@ from .progress import Progress
 log = logging.getLogger("unitscope")
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class _Done(Exception):
     """Raised by the last hook to stop the forward pass at the deepest requested layer."""
 
@@ -83,36 +86,56 @@ def run_inference(inputs_path: str | os.PathLike, model_name: str, layers: list[
                   out_paths: list[str | os.PathLike], weights: str | None = "imagenet",
                   batch_size: int = 32, device: str = "auto", threads: int = 1,
                   precision: str = "fp32") -> int:
-    """Write one activation file per layer for the images of one inputs shard; returns N."""
+    """Write one activation file per layer for the images of one inputs shard of a built-in
+    model; returns the number of images."""
     if len(layers) != len(out_paths):
-        raise ValueError("one output path per layer")
+        raise ValueError(f"{len(layers)} layers but {len(out_paths)} output paths")
     torch.set_num_threads(max(threads, 1))
-    dev = pick_device(device)
     spec = get_spec(model_name)
     modules = resolve_layers(model_name, layers)
-    model = build_model(model_name, weights).to(dev)
+    model = build_model(model_name, weights)
+    return record_maxima(model, modules, spec.mean, spec.std, inputs_path,
+                         dict(zip(layers, out_paths)), batch_size, device, precision)
+
+
+def record_maxima(model: torch.nn.Module, modules: dict[str, str], mean, std,
+                  inputs_path: str | os.PathLike, out_paths: dict[str, str | os.PathLike],
+                  batch_size: int = 32, device: str = "auto", precision: str = "fp32") -> int:
+    """The inference stage for any model: `modules` maps layer name -> module path, `mean` and
+    `std` (0–255 scale) normalise the uint8 inputs, `out_paths` maps layer name -> file."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    layers = list(modules)
+    dev = pick_device(device)
+    model = model.to(dev).eval()
     if dev.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
-    mean = torch.tensor(spec.mean, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=dev).view(1, 3, 1, 1)
-    autocast = (torch.autocast(dev.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
-                if precision != "fp32" else contextlib.nullcontext())
+    mean = torch.tensor(mean, device=dev, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=dev, dtype=torch.float32).view(1, 3, 1, 1)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    autocast = (torch.autocast(dev.type, dtype=PRECISIONS[precision])
+                if PRECISIONS[precision] is not None else contextlib.nullcontext())
     maxima = LayerMaxima(model, modules)
     with contextlib.ExitStack() as stack:
+        stack.callback(maxima.close)
         f_in = stack.enter_context(h5py.File(inputs_path, "r"))
         images, image_ids = f_in["images"], f_in["image_id"][:]
         n = len(image_ids)
         outs = []
-        for layer, path in zip(layers, out_paths):
-            tmp = stack.enter_context(atomic_path(path))
+        for layer in layers:
+            tmp = stack.enter_context(atomic_path(out_paths[layer]))
             f = stack.enter_context(h5py.File(tmp, "w"))
             f.create_dataset("image_id", data=image_ids)
-            f.attrs.update(layer=layer, module=modules[layer], model=model_name)
+            f.attrs.update(layer=layer, module=modules[layer])
             outs.append(f)
         pool = stack.enter_context(ThreadPoolExecutor(1))
         progress = Progress(n, f"activations {os.path.basename(str(inputs_path))}")
         starts = list(range(0, n, batch_size))
-        read = lambda s: torch.from_numpy(images[s:s + batch_size])  # noqa: E731
+
+        def read(s: int) -> torch.Tensor:
+            return torch.from_numpy(images[s:s + batch_size])
+
         pending = pool.submit(read, starts[0]) if starts else None
         for i, s in enumerate(starts):
             batch = pending.result()
@@ -127,19 +150,17 @@ def run_inference(inputs_path: str | os.PathLike, model_name: str, layers: list[
             for f, layer in zip(outs, layers):
                 values, ys, xs = (t.cpu().numpy() for t in res[layer])
                 if s == 0:
-                    c = values.shape[1]
-                    f.create_dataset("max", (n, c), dtype="float32")
-                    f.create_dataset("argmax_y", (n, c), dtype="int32")
-                    f.create_dataset("argmax_x", (n, c), dtype="int32")
+                    for name, dt in (("max", "float32"), ("argmax_y", "int32"),
+                                     ("argmax_x", "int32")):
+                        f.create_dataset(name, (n, values.shape[1]), dtype=dt)
                 f["max"][s:s + len(values)] = values
                 f["argmax_y"][s:s + len(values)] = ys
                 f["argmax_x"][s:s + len(values)] = xs
             progress.update(len(batch))
         if n == 0:
-            for f, layer in zip(outs, layers):
+            for f in outs:
                 for name, dt in (("max", "float32"), ("argmax_y", "int32"), ("argmax_x", "int32")):
                     f.create_dataset(name, (0, 0), dtype=dt)
-    maxima.close()
     return n
 
 

@@ -23,11 +23,18 @@ log = logging.getLogger("unitscope")
 def layer_table(model_name: str, layers: list[str], probe: bool = True) -> pd.DataFrame:
     """The table for `layers` (aliases or module paths) of a built-in model; needs no data."""
     spec = get_spec(model_name)
-    modules = resolve_layers(model_name, layers)
-    model = build_model(model_name, weights=None)
-    size = (spec.input_size, spec.input_size)
-    shapes = feature_sizes(model, list(modules.values()), size)
-    fields = analytic_receptive_fields(model, list(modules.values()), size)
+    return model_layer_table(build_model(model_name, weights=None),
+                             resolve_layers(model_name, layers),
+                             (spec.input_size, spec.input_size), probe)
+
+
+def model_layer_table(model, modules: dict[str, str], input_size: tuple[int, int],
+                      probe: bool = True) -> pd.DataFrame:
+    """The table for any model: `modules` maps layer name -> module path. The analytic field of
+    every layer is checked against the gradient probe (unless `probe` is False); where the walk
+    cannot follow a layer, the probe's answer is used."""
+    shapes = feature_sizes(model, list(modules.values()), input_size)
+    fields = analytic_receptive_fields(model, list(modules.values()), input_size)
     rows = []
     for layer, module in modules.items():
         c, h, w = shapes[module]
@@ -35,11 +42,11 @@ def layer_table(model_name: str, layers: list[str], probe: bool = True) -> pd.Da
         if isinstance(rf, str):
             log.warning("layer %s: analytic walk stopped (%s); using the gradient probe", layer, rf)
             try:
-                rf = probe_receptive_field(model, module, size, (h, w))
+                rf = probe_receptive_field(model, module, input_size, (h, w))
             except UnknownReceptiveField as e:
                 raise ValueError(f"layer {layer}: receptive field unknown ({rf}; {e})") from None
         elif probe:
-            check_against_probe(model, module, rf, size, (h, w))
+            check_against_probe(model, module, rf, input_size, (h, w))
         rows.append(_row(layer, module, (c, h, w), rf))
     return pd.DataFrame(rows)
 

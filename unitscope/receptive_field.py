@@ -278,10 +278,11 @@ class _Reached(Exception):
 
 
 def probe_box(model: nn.Module, module: str, input_size: tuple[int, int],
-              position: tuple[int, int], channel: int = 0) -> tuple[int, int, int, int]:
-    """(y0, x0, y1, x1) of the input pixels with non-zero gradient from one unit of `module` at
-    feature `position`, in a positive linearised copy of `model` (float64). The box is clipped to
-    the input, as any gradient is."""
+              position: tuple[int, int], channel: int | None = None
+              ) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1) of the input pixels with non-zero gradient from feature `position` of
+    `module` (all channels, or only `channel`: channels of a concat can see less than the layer), in a positive linearised copy of `model` (float64). The box is clipped to
+    the input, as any gradient is; None where the unit sees only padding."""
     probe = copy.deepcopy(model).double().eval()
     target = dict(probe.named_modules())[module]
     captured = {}
@@ -300,10 +301,13 @@ def probe_box(model: nn.Module, module: str, input_size: tuple[int, int],
     finally:
         handle.remove()
     out = captured["out"]
-    out[0, channel, position[0], position[1]].backward()
+    picked = out[0, :, position[0], position[1]]
+    (picked.sum() if channel is None else picked[channel]).backward()
     nz = x.grad[0].abs().sum(0) > 0
     rows = torch.nonzero(nz.any(1)).flatten()
     cols = torch.nonzero(nz.any(0)).flatten()
+    if len(rows) == 0:
+        return None  # the unit sees only padding
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
@@ -313,6 +317,8 @@ def probe_receptive_field(model: nn.Module, module: str, input_size: tuple[int, 
     cannot follow). Needs a unit whose field lies inside the image on each axis."""
     fh, fw = feature_size
     centre = probe_box(model, module, input_size, (fh // 2, fw // 2))
+    if centre is None:
+        raise UnknownReceptiveField(f"the centre unit of {module} sees no input pixel")
     axes = []
     for axis, n in ((0, fh), (1, fw)):
         lo, hi = centre[axis], centre[axis + 2]
@@ -330,11 +336,13 @@ def probe_receptive_field(model: nn.Module, module: str, input_size: tuple[int, 
     return ReceptiveField(*axes)
 
 
-def clipped(box: tuple[int, int, int, int], input_size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """A box clipped into an image of `input_size` (H, W)."""
+def clipped(box: tuple[int, int, int, int],
+            input_size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """A box clipped into an image of `input_size` (H, W); None if nothing of it is inside."""
     y0, x0, y1, x1 = box
     h, w = input_size
-    return max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+    y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+    return (y0, x0, y1, x1) if y1 > y0 and x1 > x0 else None
 
 
 def check_against_probe(model: nn.Module, module: str, rf: ReceptiveField,
