@@ -144,3 +144,12 @@ def test_box_covers_exactly_the_pixels_that_can_change_a_unit(red_spot_net):
 def test_probe_box_is_clipped_to_the_image():
     model = nn.Sequential(nn.Conv2d(3, 3, 5, padding=2)).eval()
     assert probe_box(model, "0", (10, 10), (0, 0)) == (0, 0, 3, 3)
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_static_channel_table_matches_the_model(model_name):
+    spec = MODELS[model_name]
+    modules = resolve_layers(model_name, list(spec.channels))
+    shapes = feature_sizes(build_model(model_name, weights=None), list(modules.values()),
+                           (spec.input_size, spec.input_size))
+    assert {a: shapes[m][0] for a, m in modules.items()} == spec.channels

@@ -46,8 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", nargs="+", help="aliases or module paths (default: every alias)")
     s.add_argument("--out", help="write layers.parquet here")
     s.add_argument("--no-probe", action="store_true", help="skip the gradient-probe cross-check")
-    s.add_argument("--check-units", nargs="*", default=[], metavar="LAYER=N",
-                   help="fail unless LAYER has at least N units (before any inference)")
 
     s = sub.add_parser("activations", help="per-image spatial max/argmax of each layer, one shard")
     s.add_argument("--inputs", required=True)
@@ -111,12 +109,11 @@ def run(args: argparse.Namespace) -> None:
         write_inputs(args.manifest, args.out, args.shard, args.shards, spec.resize_size,
                      spec.input_size, args.threads)
     elif args.stage == "layers":
-        from .layers import check_units, format_table, layer_table, write_layer_table
+        from .layers import format_table, layer_table, write_layer_table
         from .models import get_spec
 
         layers = args.layers or list(get_spec(args.model).aliases)
         table = layer_table(args.model, layers, probe=not args.no_probe)
-        check_units(table, dict(c.split("=", 1) for c in args.check_units))
         if args.out:
             write_layer_table(table, args.out)
         else:

@@ -19,6 +19,7 @@ log = logging.getLogger("unitscope")
 PICKS = ("top", "random", "first")
 PATCH_GAP = 2
 UNIT_GAP = 14
+TITLE_H = 28
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
 
@@ -117,12 +118,11 @@ def draw_grids(patches_path: str | os.PathLike, units_path: str | os.PathLike,
     per_row = math.ceil(math.sqrt(len(blocks)))
     bw, bh = blocks[0].size
     n_rows = math.ceil(len(blocks) / per_row)
-    title_h = 28
     fig = Image.new("RGB", (per_row * bw + (per_row + 1) * UNIT_GAP,
-                            title_h + n_rows * bh + (n_rows + 1) * UNIT_GAP), BACKGROUND)
+                            TITLE_H + n_rows * bh + (n_rows + 1) * UNIT_GAP), BACKGROUND)
     for i, b in enumerate(blocks):
         r, c = divmod(i, per_row)
-        fig.paste(b, (UNIT_GAP + c * (bw + UNIT_GAP), title_h + UNIT_GAP + r * (bh + UNIT_GAP)))
+        fig.paste(b, (UNIT_GAP + c * (bw + UNIT_GAP), TITLE_H + UNIT_GAP + r * (bh + UNIT_GAP)))
     heading = title or f"{layer}: top {k} patches of {len(chosen)} units ({pick}) | {rf}"
     ImageDraw.Draw(fig).text((UNIT_GAP, 6), heading, fill=TEXT, font=_font(16))
     with atomic_path(figure_out) as tmp:

@@ -90,15 +90,6 @@ def format_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def check_units(table: pd.DataFrame, wanted: dict[str, int | str]) -> None:
-    """Raise ValueError if a layer is asked to show more units than it has channels."""
-    channels = dict(zip(table["layer"], table["channels"]))
-    for layer, need in wanted.items():
-        if int(need) > channels[layer]:
-            raise ValueError(f"config key 'units' for layer {layer}: {need} units asked for but "
-                             f"{layer} has {channels[layer]} channels (units 0..{channels[layer] - 1})")
-
-
 def write_layer_table(table: pd.DataFrame, out_path: str | os.PathLike) -> None:
     """Log and write the layer table."""
     log.info("layer table (receptive fields in input pixels):\n%s", format_table(table))

@@ -18,6 +18,7 @@ class ModelSpec:
     mean: tuple[float, float, float]    # per-channel mean, 0–255 scale
     std: tuple[float, float, float]     # per-channel std, 0–255 scale
     aliases: dict[str, str] = field(default_factory=dict)  # short layer name -> module path
+    channels: dict[str, int] = field(default_factory=dict)  # alias -> output channels (units)
 
 
 def _efficientnet_lite0_weights() -> str:
@@ -40,6 +41,9 @@ MODELS: dict[str, ModelSpec] = {
         aliases={"stem": "_stem_act",
                  **{f"block{i}": f"_blocks.{i}" for i in range(16)},
                  "head": "_head_act"},
+        channels={"stem": 32, "block0": 16, "block1": 24, "block2": 24, "block3": 40, "block4": 40,
+                  **{f"block{i}": 80 for i in (5, 6, 7)}, **{f"block{i}": 112 for i in (8, 9, 10)},
+                  **{f"block{i}": 192 for i in (11, 12, 13, 14)}, "block15": 320, "head": 1280},
     ),
 }
 
@@ -88,3 +92,14 @@ def resolve_layers(name: str, layers: list[str]) -> dict[str, str]:
                 f"{', '.join(sorted(modules, key=len)[:5])}, ...")
         resolved.update({layer: layer for layer in rest})
     return {layer: resolved[layer] for layer in layers}
+
+
+def check_units(name: str, wanted: dict[str, int]) -> None:
+    """Raise ValueError where a layer (by alias) is asked to show more units than it has; layers
+    given by module path are checked later, when the layer table is known."""
+    spec = get_spec(name)
+    for layer, need in wanted.items():
+        have = spec.channels.get(layer)
+        if have is not None and need > have:
+            raise ValueError(f"{need} units asked for but {layer} has {have} channels "
+                             f"(units 0..{have - 1})")

@@ -11,7 +11,7 @@ sys.path.insert(0, workflow.basedir)
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 from unitscope.fingerprint import stage_fingerprint
-from unitscope.models import resolve_layers
+from unitscope.models import check_units, resolve_layers
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -21,7 +21,6 @@ MODEL = config["model"]["name"]
 LAYERS = config["layers"]
 RES = f"results/{DATASET}/{MODEL}"
 SHARDS = [f"{i:03d}" for i in range(config["shards"])]
-LAYER_SETTINGS = ("k", "distinct", "units", "pick", "seed", "patch_max_px", "display_px")
 
 try:
     resolve_layers(MODEL, LAYERS)  # fails before any work, listing the valid names
@@ -33,6 +32,7 @@ if _unknown:
         f"config key 'overrides' names layers that are not in 'layers': {', '.join(_unknown)}; "
         f"configured layers: {', '.join(LAYERS)}"
     )
+
 if config["dataset"]["name"] == "folder" and not config["dataset"].get("path"):
     raise WorkflowError("config key 'dataset.path' is required when dataset.name is folder")
 
@@ -45,6 +45,18 @@ wildcard_constraints:
 def setting(layer, key):
     """A layer's value of a per-layer setting: its override, else the global value."""
     return config["overrides"].get(layer, {}).get(key, config[key])
+
+
+def units_needed(layer):
+    """How many units a layer must have for its `units` setting."""
+    units = setting(layer, "units")
+    return max(units) + 1 if isinstance(units, list) else units
+
+
+try:
+    check_units(MODEL, {layer: units_needed(layer) for layer in LAYERS})
+except ValueError as e:
+    raise WorkflowError(f"config key 'units': {e}") from None
 
 
 def units_arg(layer):
@@ -76,16 +88,6 @@ def all_inputs(wildcards=None):
 
 def layer_activations(wildcards):
     return [activations_path(wildcards.layer, s) for s in SHARDS]
-
-
-def unit_checks():
-    """--units arguments for the layers stage, so that too many units fails before inference."""
-    checks = []
-    for layer in LAYERS:
-        units = setting(layer, "units")
-        need = max(units) + 1 if isinstance(units, list) else units
-        checks.append(f"{layer}={need}")
-    return " ".join(checks)
 
 
 def all_outputs():

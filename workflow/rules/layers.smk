@@ -5,10 +5,9 @@ rule layers:
         f"{RES}/logs/layers.log",
     params:
         layers=" ".join(LAYERS),
-        units=unit_checks(),
         code=stage_fingerprint("layers"),
     conda:
         "../../envs/unitscope.yaml"
     shell:
         "python -m unitscope layers --model {MODEL} --layers {params.layers}"
-        " --check-units {params.units} --out {output} > {log} 2>&1"
+        " --out {output} > {log} 2>&1"

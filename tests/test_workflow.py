@@ -1,0 +1,132 @@
+"""The Snakemake workflow end to end on a tiny config: every file of the contract, per-layer
+replanning from `--dry-run` output, and config errors that name the bad key."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+RES = "results/sample/efficientnet_lite0"
+LAYERS = ["stem", "block3"]
+TINY = {"dataset": {"name": "sample", "max_images": 24, "seed": 2}, "layers": LAYERS, "shards": 2,
+        "batch_size": 8, "device": "cpu"}
+
+
+def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                           "--configfile", "config.yaml", "--cores", "2", *args],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+
+
+def planned(out: str) -> set[tuple[str, str]]:
+    """(rule, layer) of every job a dry run plans."""
+    jobs, rule = set(), None
+    for line in out.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):", line)
+        if m:
+            rule = m.group(1)
+            jobs.add((rule, ""))
+        m = re.match(r"^\s+wildcards: .*layer=([\w.]+)", line)
+        if m and rule:
+            jobs.discard((rule, ""))
+            jobs.add((rule, m.group(1)))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("wf")
+    r = snakemake(work, TINY)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return work
+
+
+def test_every_contract_file_is_written_with_its_columns(finished_run):
+    w = finished_run
+    manifest = pd.read_parquet(w / "results/sample/manifest.parquet")
+    assert list(manifest["image_id"]) == list(range(24))
+    assert {"image_id", "path", "group", "label", "width", "height"} <= set(manifest.columns)
+    assert list(pd.read_parquet(w / "results/sample/rejected.parquet").columns) == ["path", "reason"]
+    ids = []
+    for shard in ("000", "001"):
+        with h5py.File(w / RES / f"inputs/shard-{shard}.h5") as f:
+            assert f["images"].dtype == np.uint8 and f["images"].shape[1:] == (224, 224, 3)
+            ids.append(f["image_id"][:])
+    assert list(np.concatenate(ids)) == list(range(24)) and len(ids[0]) == 12  # contiguous
+    layers = pd.read_parquet(w / RES / "layers.parquet")
+    assert list(layers["layer"]) == LAYERS
+    for col in ("module", "channels", "height", "width", "units", "activations", "rf_size",
+                "rf_stride", "rf_offset"):
+        assert col in layers.columns
+    assert (layers["activations"] == layers["channels"] * layers["height"] * layers["width"]).all()
+    assert list(layers["rf_size"]) == [3, 35]
+    assert "receptive fields" in (w / RES / "logs/layers.log").read_text()  # table in the log
+    for row in layers.itertuples():
+        L = row.layer
+        for shard, n in (("000", 12), ("001", 12)):
+            with h5py.File(w / RES / f"activations/{L}/shard-{shard}.h5") as f:
+                assert f["max"].shape == (n, row.channels) and f["max"].dtype == np.float32
+                assert (f["argmax_y"][:] < row.height).all() and (f["argmax_x"][:] < row.width).all()
+        top = pd.read_parquet(w / RES / f"topk/{L}.parquet")
+        assert list(top.columns) == ["layer", "unit", "rank", "image_id", "activation", "y", "x",
+                                     "y0", "x0", "y1", "x1"]
+        assert (top.groupby("unit").size() == 9).all() and top["unit"].nunique() == row.channels
+        units = pd.read_parquet(w / RES / f"units/{L}.parquet")
+        assert list(units.columns) == ["layer", "unit", "max", "mean", "q50", "q90", "q99", "frac_active"]
+        with h5py.File(w / RES / f"patches/{L}.h5") as f:
+            assert len(f["jpeg"]) == len(top) and tuple(f.attrs["rf_size"]) == (row.rf_size,) * 2
+        fig = Image.open(w / RES / f"grids/{L}.png")
+        assert fig.width > 3 * 3 * 64
+        assert len(list((w / RES / f"grids/{L}").glob("unit-*.png"))) == 9
+        for stage in ("topk", "patches", "grids"):
+            assert (w / RES / f"logs/{stage}/{L}.log").exists()
+
+
+def test_changing_one_layers_setting_replans_only_that_layer(finished_run):
+    r = snakemake(finished_run, TINY, "--dry-run")
+    assert "Nothing to be done" in r.stdout + r.stderr
+    r = snakemake(finished_run, {**TINY, "overrides": {"block3": {"k": 4}}}, "--dry-run")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert planned(r.stdout) == {("topk", "block3"), ("patches", "block3"), ("grids", "block3"),
+                                 ("all", "")}
+    r = snakemake(finished_run, {**TINY, "overrides": {"stem": {"units": [0, 1, 2, 3]}}}, "--dry-run")
+    assert planned(r.stdout) == {("grids", "stem"), ("all", "")}
+    r = snakemake(finished_run, {**TINY, "overrides": {"stem": {"distinct": "group"}}}, "--dry-run")
+    assert planned(r.stdout) == {("topk", "stem"), ("patches", "stem"), ("grids", "stem"), ("all", "")}
+
+
+def test_one_layers_figure_builds_that_layers_chain_only(tmp_path):
+    r = snakemake(tmp_path, TINY, "--dry-run", f"{RES}/grids/block3.png")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert planned(r.stdout) == {("dataset", ""), ("inputs", ""), ("layers", ""), ("activations", ""),
+                                 ("topk", "block3"), ("patches", "block3"), ("grids", "block3")}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"kk": 3}, "'kk' was unexpected"),
+    ({"k": "nine"}, "'nine' is not of type 'integer'"),
+    ({"k": 0}, "0 is less than the minimum of 1"),
+    ({"distinct": "photo"}, "'photo' is not one of ['image', 'group']"),
+    ({"layers": ["stem", "blockX"]}, "unknown layer(s) 'blockX' for model 'efficientnet_lite0'; valid names: stem, block0"),
+    ({"overrides": {"block9": {"k": 3}}}, "names layers that are not in 'layers': block9"),
+    ({"dataset": {"name": "folder"}}, "'dataset.path' is required"),
+    ({"overrides": {"stem": {"units": 40}}}, "'units': 40 units asked for but stem has 32 channels"),
+    ({"units": [3, 50]}, "'units': 51 units asked for but stem has 32 channels"),
+])
+def test_bad_config_fails_before_any_work_and_names_the_key(tmp_path, change, message):
+    r = snakemake(tmp_path, {**TINY, **change}, "--dry-run")
+    assert r.returncode != 0
+    assert message in r.stdout + r.stderr
+    assert not (tmp_path / "results").exists()
