@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .models import build_model, get_spec, resolve_layers
+from .models import ModelSpec, build_model, get_spec, resolve_layers
 from .progress import Progress
 
 log = logging.getLogger("unitscope")
@@ -85,15 +85,15 @@ def pick_device(device: str) -> torch.device:
 def run_inference(inputs_path: str | os.PathLike, model_name: str, layers: list[str],
                   out_paths: list[str | os.PathLike], weights: str | None = "imagenet",
                   batch_size: int = 32, device: str = "auto", threads: int = 1,
-                  precision: str = "fp32") -> int:
-    """Write one activation file per layer for the images of one inputs shard of a built-in
-    model; returns the number of images."""
+                  precision: str = "fp32", spec: ModelSpec | None = None) -> int:
+    """Write one activation file per layer for the images of one inputs shard; returns the
+    number of images."""
     if len(layers) != len(out_paths):
         raise ValueError(f"{len(layers)} layers but {len(out_paths)} output paths")
     torch.set_num_threads(max(threads, 1))
-    spec = get_spec(model_name)
-    modules = resolve_layers(model_name, layers)
-    model = build_model(model_name, weights)
+    spec = spec or get_spec(model_name)
+    modules = resolve_layers(model_name, layers, spec)
+    model = build_model(model_name, weights, spec)
     return record_maxima(model, modules, spec.mean, spec.std, inputs_path,
                          dict(zip(layers, out_paths)), batch_size, device, precision)
 

@@ -20,6 +20,21 @@ def _units(value: str) -> int | list[int]:
     return int(value)
 
 
+def _model_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--model", required=True,
+                   help="a built-in name, python:package.module:factory or torchscript:file.pt")
+    s.add_argument("--input-size", type=int, help="square input size (own models)")
+    s.add_argument("--resize-size", type=int, help="shorter side before the centre crop")
+    s.add_argument("--mean", type=float, nargs=3, help="per-channel mean, 0-255 scale")
+    s.add_argument("--std", type=float, nargs=3, help="per-channel std, 0-255 scale")
+
+
+def _spec(args: argparse.Namespace):
+    from .models import get_spec
+
+    return get_spec(args.model, args.input_size, args.resize_size, args.mean, args.std)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m unitscope", description=__doc__)
     sub = p.add_subparsers(dest="stage", required=True)
@@ -35,21 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("inputs", help="preprocess one shard of images into the inputs store")
     s.add_argument("--manifest", required=True)
-    s.add_argument("--model", required=True)
+    _model_args(s)
     s.add_argument("--shard", type=int, default=0)
     s.add_argument("--shards", type=int, default=1)
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
 
     s = sub.add_parser("layers", help="print (and write) the layer table: shapes and receptive fields")
-    s.add_argument("--model", required=True)
+    _model_args(s)
     s.add_argument("--layers", nargs="+", help="aliases or module paths (default: every alias)")
     s.add_argument("--out", help="write layers.parquet here")
     s.add_argument("--no-probe", action="store_true", help="skip the gradient-probe cross-check")
 
     s = sub.add_parser("activations", help="per-image spatial max/argmax of each layer, one shard")
     s.add_argument("--inputs", required=True)
-    s.add_argument("--model", required=True)
+    _model_args(s)
     s.add_argument("--weights", default="imagenet", help="imagenet, none, or a state_dict path")
     s.add_argument("--layers", nargs="+", required=True)
     s.add_argument("--out", nargs="+", required=True, help="one output file per layer, same order")
@@ -103,17 +118,18 @@ def run(args: argparse.Namespace) -> None:
         index_images(cands, args.manifest, args.rejected, args.threads)
     elif args.stage == "inputs":
         from .inputs import write_inputs
-        from .models import get_spec
 
-        spec = get_spec(args.model)
+        spec = _spec(args)
         write_inputs(args.manifest, args.out, args.shard, args.shards, spec.resize_size,
-                     spec.input_size, args.threads)
+                     spec.input_size, args.threads, spec.resample)
     elif args.stage == "layers":
         from .layers import format_table, layer_table, write_layer_table
-        from .models import get_spec
 
-        layers = args.layers or list(get_spec(args.model).aliases)
-        table = layer_table(args.model, layers, probe=not args.no_probe)
+        spec = _spec(args)
+        layers = args.layers or list(spec.aliases)
+        if not layers:
+            raise ValueError(f"model {args.model} has no aliases: name its layers with --layers")
+        table = layer_table(args.model, layers, probe=not args.no_probe, spec=spec)
         if args.out:
             write_layer_table(table, args.out)
         else:
@@ -123,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
 
         weights = None if args.weights == "none" else args.weights
         run_inference(args.inputs, args.model, args.layers, args.out, weights, args.batch_size,
-                      args.device, args.threads, args.precision)
+                      args.device, args.threads, args.precision, spec=_spec(args))
     elif args.stage == "topk":
         from .topk import select_topk
 

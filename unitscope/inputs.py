@@ -17,6 +17,9 @@ from .progress import Progress
 log = logging.getLogger("unitscope")
 
 
+RESAMPLE = {"bilinear": 2, "bicubic": 3, "lanczos": 1}  # PIL.Image.Resampling values
+
+
 def shard_range(n_images: int, shard: int, shards: int) -> tuple[int, int]:
     """The contiguous image_id range [lo, hi) of shard `shard` out of `shards`."""
     if not 0 <= shard < shards:
@@ -25,8 +28,9 @@ def shard_range(n_images: int, shard: int, shards: int) -> tuple[int, int]:
 
 
 def load_image(path: str, crop: tuple[int, int, int, int] | None, resize_size: int,
-               input_size: int) -> np.ndarray:
-    """One image as the network sees it (H×W×3 uint8)."""
+               input_size: int, resample: str = "bicubic") -> np.ndarray:
+    """One image as the network sees it (H×W×3 uint8); `resample` names the Pillow filter
+    (bilinear, bicubic, lanczos) of the resize the weights were trained with."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:
@@ -44,7 +48,7 @@ def load_image(path: str, crop: tuple[int, int, int, int] | None, resize_size: i
         w, h = im.size
         s = resize_size / min(w, h)
         nw, nh = max(input_size, round(w * s)), max(input_size, round(h * s))
-        im = im.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+        im = im.resize((nw, nh), RESAMPLE[resample], reducing_gap=3.0)
         left, top = (nw - input_size) // 2, (nh - input_size) // 2
         im = im.crop((left, top, left + input_size, top + input_size))
         return np.asarray(im, dtype=np.uint8)
@@ -57,7 +61,8 @@ def _crop_of(row) -> tuple[int, int, int, int] | None:
 
 
 def write_inputs(manifest_path: str | os.PathLike, out_path: str | os.PathLike, shard: int,
-                 shards: int, resize_size: int, input_size: int, threads: int = 1) -> int:
+                 shards: int, resize_size: int, input_size: int, threads: int = 1,
+                 resample: str = "bicubic") -> int:
     """Preprocess the images of one shard into `out_path`; returns how many it holds."""
     manifest = pd.read_parquet(manifest_path)
     lo, hi = shard_range(len(manifest), shard, shards)
@@ -67,10 +72,11 @@ def write_inputs(manifest_path: str | os.PathLike, out_path: str | os.PathLike, 
         images = f.create_dataset("images", (len(rows), input_size, input_size, 3), dtype="uint8",
                                   chunks=(1, input_size, input_size, 3) if len(rows) else None)
         f.create_dataset("image_id", data=rows["image_id"].to_numpy(dtype=np.int64))
-        f.attrs.update(resize_size=resize_size, input_size=input_size, shard=shard, shards=shards)
+        f.attrs.update(resize_size=resize_size, input_size=input_size, shard=shard, shards=shards,
+                       resample=resample)
 
         def work(row):
-            return load_image(row.path, _crop_of(row), resize_size, input_size)
+            return load_image(row.path, _crop_of(row), resize_size, input_size, resample)
 
         with ThreadPoolExecutor(max(threads, 1)) as pool:
             for i, arr in enumerate(pool.map(work, rows.itertuples(index=False))):

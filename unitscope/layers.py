@@ -13,18 +13,19 @@ import os
 import pandas as pd
 
 from .atomic import atomic_path
-from .models import build_model, get_spec, resolve_layers
+from .models import ModelSpec, build_model, get_spec, resolve_layers
 from .receptive_field import (ReceptiveField, UnknownReceptiveField, analytic_receptive_fields,
                               check_against_probe, feature_sizes, probe_receptive_field)
 
 log = logging.getLogger("unitscope")
 
 
-def layer_table(model_name: str, layers: list[str], probe: bool = True) -> pd.DataFrame:
-    """The table for `layers` (aliases or module paths) of a built-in model; needs no data."""
-    spec = get_spec(model_name)
-    return model_layer_table(build_model(model_name, weights=None),
-                             resolve_layers(model_name, layers),
+def layer_table(model_name: str, layers: list[str], probe: bool = True,
+                spec: ModelSpec | None = None) -> pd.DataFrame:
+    """The table for `layers` (aliases or module paths) of a model; needs no data."""
+    spec = spec or get_spec(model_name)
+    return model_layer_table(build_model(model_name, weights=None, spec=spec),
+                             resolve_layers(model_name, layers, spec),
                              (spec.input_size, spec.input_size), probe)
 
 

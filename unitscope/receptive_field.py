@@ -237,8 +237,10 @@ def analytic_receptive_fields(model: nn.Module, modules: Iterable[str],
 
 
 class _PositiveLinear(TorchFunctionMode):
-    """Makes a network linear with positive weights, so a gradient can never cancel: convs and
-    linears get |w| normalised to sum 1 per output, no bias; max-pool becomes avg-pool;
+    """Makes a network linear with positive weights and one channel, so that a gradient can never
+    cancel and the probe costs little: every convolution becomes a normalised all-ones kernel of
+    the same size, stride, padding and dilation over all its input channels (one output channel;
+    which input pixels reach an output depends only on that geometry), max-pool becomes avg-pool,
     activations and normalisations become the identity."""
 
     _IDENTITY = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "silu", "gelu",
@@ -251,16 +253,12 @@ class _PositiveLinear(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in self._IDENTITY:
             return args[0] if args else kwargs["input"]
-        if name in ("conv2d", "linear"):
-            w = _arg(args, kwargs, 1, "weight").detach().abs() + 1e-3
-            w = w / w.flatten(1).sum(1).view(-1, *[1] * (w.dim() - 1))
-            w = w.to(args[0].dtype)
-            if name == "linear":
-                return F.linear(args[0], w)
-            return F.conv2d(args[0], w, None, _arg(args, kwargs, 3, "stride", 1),
+        if name == "conv2d":
+            x, weight = args[0], _arg(args, kwargs, 1, "weight")
+            ones = torch.ones(1, x.shape[1], *weight.shape[-2:], dtype=x.dtype)
+            return F.conv2d(x, ones / ones.numel(), None, _arg(args, kwargs, 3, "stride", 1),
                             _arg(args, kwargs, 4, "padding", 0),
-                            _arg(args, kwargs, 5, "dilation", 1),
-                            _arg(args, kwargs, 6, "groups", 1))
+                            _arg(args, kwargs, 5, "dilation", 1))
         if name in ("max_pool2d", "max_pool2d_with_indices"):
             kernel = _arg(args, kwargs, 1, "kernel_size")
             stride = _arg(args, kwargs, 2, "stride", None) or kernel
@@ -277,38 +275,50 @@ class _Reached(Exception):
     """Stops a forward pass once the wanted layer has run."""
 
 
-def probe_box(model: nn.Module, module: str, input_size: tuple[int, int],
-              position: tuple[int, int], channel: int | None = None
-              ) -> tuple[int, int, int, int] | None:
-    """(y0, x0, y1, x1) of the input pixels with non-zero gradient from feature `position` of
-    `module` (all channels, or only `channel`: channels of a concat can see less than the layer), in a positive linearised copy of `model` (float64). The box is clipped to
-    the input, as any gradient is; None where the unit sees only padding."""
-    probe = copy.deepcopy(model).double().eval()
-    target = dict(probe.named_modules())[module]
+def probe_boxes(model: nn.Module, module: str, input_size: tuple[int, int],
+                positions: list[tuple[int, int]]) -> list[tuple[int, int, int, int] | None]:
+    """For each feature position of `module`, (y0, x0, y1, x1) of the input pixels with non-zero
+    gradient from that position (all channels), with the model made positive and linear
+    (float64, one image per position, one pass; the model's own weights are not used). Boxes are clipped to the input, as any gradient
+    is; None where a position sees only padding."""
     captured = {}
 
     def stop(mod, inp, out):
         captured["out"] = out
         raise _Reached
 
-    handle = target.register_forward_hook(stop)
-    x = torch.ones(1, 3, *input_size, dtype=torch.float64, requires_grad=True)
-    try:
-        with _PositiveLinear():
-            probe(x)
-    except _Reached:
-        pass
-    finally:
-        handle.remove()
+    def run(net: nn.Module) -> torch.Tensor:
+        x = torch.ones(len(positions), 3, *input_size, dtype=torch.float64, requires_grad=True)
+        handle = dict(net.named_modules())[module].register_forward_hook(stop)
+        try:
+            with _PositiveLinear():
+                net(x)
+        except _Reached:
+            pass
+        finally:
+            handle.remove()
+        return x
+
+    try:  # the probe never reads the weights, so the model itself serves ...
+        x = run(model)
+    except RuntimeError:  # ... unless some op mixes its float parameters with the double input
+        x = run(copy.deepcopy(model).double())
     out = captured["out"]
-    picked = out[0, :, position[0], position[1]]
-    (picked.sum() if channel is None else picked[channel]).backward()
-    nz = x.grad[0].abs().sum(0) > 0
-    rows = torch.nonzero(nz.any(1)).flatten()
-    cols = torch.nonzero(nz.any(0)).flatten()
-    if len(rows) == 0:
-        return None  # the unit sees only padding
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+    sum(out[b, :, y, x_].sum() for b, (y, x_) in enumerate(positions)).backward()
+    boxes = []
+    for b in range(len(positions)):
+        nz = x.grad[b].abs().sum(0) > 0
+        rows = torch.nonzero(nz.any(1)).flatten()
+        cols = torch.nonzero(nz.any(0)).flatten()
+        boxes.append(None if len(rows) == 0 else
+                     (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1))
+    return boxes
+
+
+def probe_box(model: nn.Module, module: str, input_size: tuple[int, int],
+              position: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """`probe_boxes` for one position."""
+    return probe_boxes(model, module, input_size, [position])[0]
 
 
 def probe_receptive_field(model: nn.Module, module: str, input_size: tuple[int, int],
@@ -316,7 +326,9 @@ def probe_receptive_field(model: nn.Module, module: str, input_size: tuple[int, 
     """Receptive field of `module` measured by gradient probes alone (for layers the analytic walk
     cannot follow). Needs a unit whose field lies inside the image on each axis."""
     fh, fw = feature_size
-    centre = probe_box(model, module, input_size, (fh // 2, fw // 2))
+    centre, below, right = probe_boxes(model, module, input_size,
+                                       [(fh // 2, fw // 2), (min(fh // 2 + 1, fh - 1), fw // 2),
+                                        (fh // 2, min(fw // 2 + 1, fw - 1))])
     if centre is None:
         raise UnknownReceptiveField(f"the centre unit of {module} sees no input pixel")
     axes = []
@@ -328,9 +340,7 @@ def probe_receptive_field(model: nn.Module, module: str, input_size: tuple[int, 
                 f"{'yx'[axis]}; probe with a larger input")
         stride = 0
         if n > 1:
-            nxt = probe_box(model, module, input_size,
-                            (fh // 2 + (axis == 0), fw // 2 + (axis == 1)))
-            stride = nxt[axis] - lo
+            stride = (below, right)[axis][axis] - lo
         p = (fh, fw)[axis] // 2
         axes.append(AxisRF(size=hi - lo, stride=stride, start=lo - stride * p))
     return ReceptiveField(*axes)
@@ -350,9 +360,9 @@ def check_against_probe(model: nn.Module, module: str, rf: ReceptiveField,
     """Raise AssertionError unless the analytic field, clipped to the image, equals the probe's
     support at the corners and the centre of the feature map."""
     fh, fw = feature_size
-    for pos in {(0, 0), (fh - 1, fw - 1), (fh // 2, fw // 2), (0, fw - 1)}:
+    positions = sorted({(0, 0), (fh - 1, fw - 1), (fh // 2, fw // 2), (0, fw - 1)})
+    for pos, got in zip(positions, probe_boxes(model, module, input_size, positions)):
         want = clipped(rf.box(*pos), input_size)
-        got = probe_box(model, module, input_size, pos)
         if want != got:
             raise AssertionError(f"receptive field of {module} at {pos}: analytic {want} "
                                  f"but gradient probe {got}")
