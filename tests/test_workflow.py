@@ -130,3 +130,22 @@ def test_bad_config_fails_before_any_work_and_names_the_key(tmp_path, change, me
     assert r.returncode != 0
     assert message in r.stdout + r.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_pipeline_runs_with_alexnet_on_a_local_weights_file(tmp_path):
+    import torch
+
+    from unitscope.models import build_model
+
+    torch.manual_seed(0)
+    torch.save(build_model("alexnet", None).state_dict(), tmp_path / "alexnet.pth")
+    config = {"dataset": {"name": "sample", "max_images": 10},
+              "model": {"name": "alexnet", "weights": str(tmp_path / "alexnet.pth")},
+              "layers": ["conv2", "pool5"], "k": 4, "units": 4, "device": "cpu"}
+    r = snakemake(tmp_path, config)
+    assert r.returncode == 0, r.stderr[-4000:]
+    layers = pd.read_parquet(tmp_path / "results/sample/alexnet/layers.parquet")
+    assert list(layers["rf_size"]) == [51, 195]
+    top = pd.read_parquet(tmp_path / "results/sample/alexnet/topk/pool5.parquet")
+    assert (top.groupby("unit").size() == 4).all() and top["unit"].nunique() == 256
+    assert (tmp_path / "results/sample/alexnet/grids/conv2.png").exists()

@@ -7,14 +7,14 @@ import importlib.util
 
 from . import __version__
 
+MODEL_MODULES = ["unitscope.models", "unitscope.models.configs", "unitscope.models.classic",
+                 "unitscope.models.resnet", "unitscope.models.efficientnet_lite"]
 # Which modules' code decides each stage's output.
 STAGE_MODULES: dict[str, list[str]] = {
     "dataset": ["unitscope.datasets", "unitscope.datasets.sample", "unitscope.datasets.index"],
-    "inputs": ["unitscope.inputs"],
-    "layers": ["unitscope.layers", "unitscope.receptive_field", "unitscope.models",
-               "unitscope.models.efficientnet_lite"],
-    "activations": ["unitscope.activations", "unitscope.models",
-                    "unitscope.models.efficientnet_lite"],
+    "inputs": ["unitscope.inputs", "unitscope.models", "unitscope.models.configs"],
+    "layers": ["unitscope.layers", "unitscope.receptive_field", *MODEL_MODULES],
+    "activations": ["unitscope.activations", *MODEL_MODULES],
     "topk": ["unitscope.topk", "unitscope.unit_stats"],
     "patches": ["unitscope.patches"],
     "grids": ["unitscope.grids"],

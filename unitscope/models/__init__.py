@@ -146,7 +146,7 @@ def load_state_dict(spec: ModelSpec, weights: str):
             weights = spec.weights_url
         else:
             raise ValueError(f"model {spec.name!r} has no published ImageNet weights; give "
-                             f"weights: path/to/checkpoint.pth (a state_dict)")
+                             f"weights: path/to/checkpoint.pth (a state_dict), a URL, or none")
     if re.match(r"^(https?|file)://", weights):
         try:
             return torch.hub.load_state_dict_from_url(weights, map_location="cpu", check_hash=True,

@@ -9,6 +9,7 @@ rule activations:
     log:
         f"{RES}/logs/activations/shard-{{shard}}.log",
     params:
+        model=model_args(),
         layers=" ".join(LAYERS),
         weights=config["model"]["weights"],
         batch_size=config["batch_size"],
@@ -19,7 +20,7 @@ rule activations:
     conda:
         "../../envs/unitscope.yaml"
     shell:
-        "python -m unitscope activations --inputs {input.inputs} --model {MODEL}"
+        "python -m unitscope activations --inputs {input.inputs} {params.model}"
         " --weights '{params.weights}' --layers {params.layers} --out {output}"
         " --batch-size {params.batch_size} --device {params.device}"
         " --precision {params.precision} --threads {threads} > {log} 2>&1"

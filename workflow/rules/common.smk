@@ -11,19 +11,21 @@ sys.path.insert(0, workflow.basedir)
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 from unitscope.fingerprint import stage_fingerprint
-from unitscope.models import check_units, resolve_layers
+from unitscope.models import check_units, get_spec, resolve_layers
 
 
 validate(config, "../schemas/config.schema.yaml")
 
 DATASET = config["dataset"].get("id") or config["dataset"]["name"]
-MODEL = config["model"]["name"]
+MODEL_REF = (f"python:{config['model']['python']}" if config["model"].get("python")
+             else config["model"]["name"])
+MODEL = config["model"].get("id") or get_spec(MODEL_REF).name
 LAYERS = config["layers"]
 RES = f"results/{DATASET}/{MODEL}"
 SHARDS = [f"{i:03d}" for i in range(config["shards"])]
 
 try:
-    resolve_layers(MODEL, LAYERS)  # fails before any work, listing the valid names
+    resolve_layers(MODEL_REF, LAYERS)  # fails before any work, listing the valid names
 except ValueError as e:
     raise WorkflowError(f"config key 'layers': {e}") from None
 _unknown = sorted(set(config["overrides"]) - set(LAYERS))
@@ -54,7 +56,7 @@ def units_needed(layer):
 
 
 try:
-    check_units(MODEL, {layer: units_needed(layer) for layer in LAYERS})
+    check_units(MODEL_REF, {layer: units_needed(layer) for layer in LAYERS})
 except ValueError as e:
     raise WorkflowError(f"config key 'units': {e}") from None
 
@@ -62,6 +64,19 @@ except ValueError as e:
 def units_arg(layer):
     units = setting(layer, "units")
     return ",".join(map(str, units)) + "," if isinstance(units, list) else str(units)
+
+
+def model_args():
+    """The model options every model-dependent stage takes."""
+    m = config["model"]
+    args = [f"--model '{MODEL_REF}'"]
+    for key in ("input_size", "resize_size"):
+        if m.get(key):
+            args.append(f"--{key.replace('_', '-')} {m[key]}")
+    for key in ("mean", "std"):
+        if m.get(key):
+            args.append(f"--{key} " + " ".join(map(str, m[key])))
+    return " ".join(args)
 
 
 def dataset_args():

@@ -6,12 +6,13 @@ rule inputs:
     log:
         f"{RES}/logs/inputs/shard-{{shard}}.log",
     params:
+        model=model_args(),
         shards=config["shards"],
         code=stage_fingerprint("inputs"),
     threads: 2
     conda:
         "../../envs/unitscope.yaml"
     shell:
-        "python -m unitscope inputs --manifest {input.manifest} --model {MODEL}"
+        "python -m unitscope inputs --manifest {input.manifest} {params.model}"
         " --shard {wildcards.shard} --shards {params.shards} --out {output}"
         " --threads {threads} > {log} 2>&1"

@@ -4,10 +4,11 @@ rule layers:
     log:
         f"{RES}/logs/layers.log",
     params:
+        model=model_args(),
         layers=" ".join(LAYERS),
         code=stage_fingerprint("layers"),
     conda:
         "../../envs/unitscope.yaml"
     shell:
-        "python -m unitscope layers --model {MODEL} --layers {params.layers}"
+        "python -m unitscope layers {params.model} --layers {params.layers}"
         " --out {output} > {log} 2>&1"
