@@ -145,3 +145,23 @@ def test_empty_shards_are_skipped(tmp_path):
     top, _ = select_topk(paths, manifest, layers, "L", k=3)
     want = brute_force(values, np.arange(4), ys, xs, 3)
     pd.testing.assert_frame_equal(top[want.columns].reset_index(drop=True), want, check_dtype=False)
+
+
+def test_unit_quantiles_are_exact_below_the_reservoir_and_close_beyond():
+    from unitscope.unit_stats import UnitStats
+
+    rng = np.random.default_rng(4)
+    values = rng.gamma(2.0, size=(5000, 3)).astype(np.float32)
+    exact = UnitStats(3, reservoir=8192)
+    sampled = UnitStats(3, reservoir=1000)
+    for s in range(0, 5000, 333):
+        exact.add(values[s:s + 333])
+        sampled.add(values[s:s + 333])
+    for name, q in (("q50", 0.5), ("q90", 0.9), ("q99", 0.99)):
+        want = np.quantile(values, q, axis=0)
+        assert np.allclose(exact.result()[name], want, rtol=1e-6)
+        # a 1000-image uniform sample: the rank of its quantile is within 3 % of q
+        ranks = (values < sampled.result()[name].to_numpy()).mean(axis=0)
+        assert np.all(np.abs(ranks - q) < 0.03), (name, ranks)
+    assert np.allclose(sampled.result()["max"], values.max(0))
+    assert len(sampled.sample) == 1000

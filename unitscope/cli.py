@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 log = logging.getLogger("unitscope")
@@ -18,6 +19,20 @@ def _units(value: str) -> int | list[int]:
     if "," in value:
         return [int(v) for v in value.split(",") if v]
     return int(value)
+
+
+def shard_files(paths: list[str], shards: int | None) -> list[str]:
+    """Shard files given one by one, or as a folder plus a count (a command line naming
+    thousands of files would outgrow the shell's limits)."""
+    if len(paths) == 1 and os.path.isdir(paths[0]):
+        if not shards:
+            raise ValueError(f"{paths[0]} is a folder: give --shards N")
+        files = [os.path.join(paths[0], f"shard-{i:03d}.h5") for i in range(shards)]
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of {shards} shards missing, e.g. {missing[0]}")
+        return files
+    return paths
 
 
 def _model_args(s: argparse.ArgumentParser) -> None:
@@ -75,9 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("topk", help="top-k table and unit statistics of one layer")
     s.add_argument("--layer", required=True)
-    s.add_argument("--activations", nargs="+", required=True)
+    s.add_argument("--activations", nargs="+", required=True,
+                   help="the layer's shard files, or its folder (then with --shards)")
     s.add_argument("--manifest", required=True)
     s.add_argument("--layers-table", required=True)
+    s.add_argument("--shards", type=int, help="with a folder: how many shard-XXX.h5 it holds")
     s.add_argument("--k", type=int, default=9)
     s.add_argument("--distinct", default="image", choices=["image", "group"])
     s.add_argument("--out", required=True)
@@ -85,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("patches", help="cut the top-k patches of one layer")
     s.add_argument("--topk", required=True)
-    s.add_argument("--inputs", nargs="+", required=True)
+    s.add_argument("--inputs", nargs="+", required=True,
+                   help="the inputs shard files, or their folder (then with --shards)")
+    s.add_argument("--shards", type=int, help="with a folder: how many shard-XXX.h5 it holds")
     s.add_argument("--patch-max-px", type=int, default=128)
     s.add_argument("--out", required=True)
 
@@ -143,12 +162,12 @@ def run(args: argparse.Namespace) -> None:
     elif args.stage == "topk":
         from .topk import select_topk
 
-        select_topk(args.activations, args.manifest, args.layers_table, args.layer, args.k,
+        select_topk(shard_files(args.activations, args.shards), args.manifest, args.layers_table, args.layer, args.k,
                     args.distinct, args.out, args.units_out)
     elif args.stage == "patches":
         from .patches import cut_patches
 
-        cut_patches(args.topk, args.inputs, args.out, args.patch_max_px)
+        cut_patches(args.topk, shard_files(args.inputs, args.shards), args.out, args.patch_max_px)
     elif args.stage == "grids":
         from .grids import draw_grids
 

@@ -1,25 +1,38 @@
-"""Progress of a long stage as log lines: done/total, items per second, time left."""
+"""Progress of a long stage: done/total, items per second, time left. A bar redrawn in place
+when stderr is a terminal; otherwise (a log file) a line every few seconds."""
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 log = logging.getLogger("unitscope")
 
 
 class Progress:
-    """Call `update(n)` as work gets done; logs a line at most every `every_s` seconds and at the end."""
+    """Call `update(n)` as work gets done."""
 
     def __init__(self, total: int, what: str, unit: str = "images", every_s: float = 5.0):
-        self.total, self.what, self.unit, self.every_s = total, what, unit, every_s
+        self.total, self.what, self.unit = total, what, unit
+        self.tty = sys.stderr.isatty()
+        self.every_s = 0.2 if self.tty else every_s
         self.done = 0
         self.start = self._last = time.perf_counter()
 
     def update(self, n: int) -> None:
         self.done += n
         now = time.perf_counter()
-        if now - self._last >= self.every_s or self.done >= self.total:
-            self._last = now
+        finished = self.done >= self.total
+        if now - self._last < self.every_s and not finished:
+            return
+        self._last = now
+        if self.tty:
+            width = 30
+            filled = int(width * self.done / self.total) if self.total else width
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.line(now)}"
+                             + ("\n" if finished else ""))
+            sys.stderr.flush()
+        else:
             log.info(self.line(now))
 
     def line(self, now: float | None = None) -> str:

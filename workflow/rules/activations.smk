@@ -8,6 +8,8 @@ rule activations:
         [activations_path(layer) for layer in LAYERS],
     log:
         f"{RES}/logs/activations/shard-{{shard}}.log",
+    benchmark:
+        f"{RES}/benchmarks/activations/shard-{{shard}}.tsv"
     params:
         model=model_args(),
         layers=" ".join(LAYERS),

@@ -4,6 +4,8 @@ rule dataset:
         rejected=f"results/{DATASET}/rejected.parquet",
     log:
         f"results/{DATASET}/logs/dataset.log",
+    benchmark:
+        f"results/{DATASET}/benchmarks/dataset.tsv"
     params:
         args=dataset_args(),
         code=stage_fingerprint("dataset"),

@@ -12,6 +12,8 @@ rule grids:
         unit_dir=directory(f"{RES}/grids/{{layer}}"),
     log:
         f"{RES}/logs/grids/{{layer}}.log",
+    benchmark:
+        f"{RES}/benchmarks/grids/{{layer}}.tsv"
     params:
         units=lambda w: units_arg(w.layer),
         pick=lambda w: setting(w.layer, "pick"),

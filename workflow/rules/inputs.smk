@@ -5,6 +5,8 @@ rule inputs:
         inputs_path(),
     log:
         f"{RES}/logs/inputs/shard-{{shard}}.log",
+    benchmark:
+        f"{RES}/benchmarks/inputs/shard-{{shard}}.tsv"
     params:
         model=model_args(),
         shards=config["shards"],

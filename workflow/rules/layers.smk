@@ -3,6 +3,8 @@ rule layers:
         f"{RES}/layers.parquet",
     log:
         f"{RES}/logs/layers.log",
+    benchmark:
+        f"{RES}/benchmarks/layers.tsv"
     params:
         model=model_args(),
         layers=" ".join(LAYERS),
