@@ -13,9 +13,9 @@ MODEL_MODULES = ["unitscope.models", "unitscope.models.configs", "unitscope.mode
 STAGE_MODULES: dict[str, list[str]] = {
     "dataset": ["unitscope.datasets", "unitscope.datasets.sample", "unitscope.datasets.index"],
     "inputs": ["unitscope.inputs", "unitscope.models", "unitscope.models.configs"],
-    "layers": ["unitscope.layers", "unitscope.receptive_field", *MODEL_MODULES],
+    "layers": ["unitscope.layers", "unitscope.receptive_field", "unitscope.geometry", *MODEL_MODULES],
     "activations": ["unitscope.activations", *MODEL_MODULES],
-    "topk": ["unitscope.topk", "unitscope.unit_stats"],
+    "topk": ["unitscope.topk", "unitscope.unit_stats", "unitscope.geometry"],
     "patches": ["unitscope.patches"],
     "grids": ["unitscope.grids"],
 }

@@ -13,9 +13,8 @@ import os
 import pandas as pd
 
 from .atomic import atomic_path
+from .geometry import ReceptiveField, UnknownReceptiveField
 from .models import ModelSpec, build_model, get_spec, resolve_layers
-from .receptive_field import (ReceptiveField, UnknownReceptiveField, analytic_receptive_fields,
-                              check_against_probe, feature_sizes, probe_receptive_field)
 
 log = logging.getLogger("unitscope")
 
@@ -34,6 +33,9 @@ def model_layer_table(model, modules: dict[str, str], input_size: tuple[int, int
     """The table for any model: `modules` maps layer name -> module path. The analytic field of
     every layer is checked against the gradient probe (unless `probe` is False); where the walk
     cannot follow a layer, the probe's answer is used."""
+    from .receptive_field import (analytic_receptive_fields, check_against_probe, feature_sizes,
+                                  probe_receptive_field)
+
     shapes = feature_sizes(model, list(modules.values()), input_size)
     fields = analytic_receptive_fields(model, list(modules.values()), input_size)
     rows = []
@@ -60,24 +62,6 @@ def _row(layer: str, module: str, shape: tuple[int, int, int], rf: ReceptiveFiel
             "rf_start": rf.y.start,
             "rf_size_x": rf.x.size, "rf_stride_x": rf.x.stride, "rf_offset_x": rf.x.offset,
             "rf_start_x": rf.x.start}
-
-
-def field_of(row) -> ReceptiveField:
-    """The ReceptiveField of one row of the layer table."""
-    from .receptive_field import AxisRF
-
-    return ReceptiveField(AxisRF(int(row["rf_size"]), int(row["rf_stride"]), int(row["rf_start"])),
-                          AxisRF(int(row["rf_size_x"]), int(row["rf_stride_x"]),
-                                 int(row["rf_start_x"])))
-
-
-def layer_row(table_path: str | os.PathLike, layer: str) -> pd.Series:
-    """One layer's row of a layers.parquet file."""
-    table = pd.read_parquet(table_path)
-    hit = table[table["layer"] == layer]
-    if hit.empty:
-        raise ValueError(f"layer {layer!r} not in {table_path}; it has {', '.join(table['layer'])}")
-    return hit.iloc[0]
 
 
 def format_table(table: pd.DataFrame) -> str:

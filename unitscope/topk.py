@@ -11,9 +11,10 @@ import os
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from .atomic import atomic_path
-from .layers import field_of, layer_row
+from .geometry import field_of, layer_row
 from .progress import Progress
 from .unit_stats import UnitStats
 
@@ -55,6 +56,8 @@ class TopK:
             group = np.broadcast_to(group, (self.units, n))
         cand = [np.concatenate([getattr(self, f), v], axis=1) for f, v in
                 zip(FIELDS, (activation, image_id, y, x, group))]
+        if self.distinct == "image" and cand[0].shape[1] > 4 * self.k:
+            cand = _at_or_above_kth(cand, self.k)  # cheap pre-selection, ties kept
         act, img = cand[0], cand[1]
         # Sort each unit's candidates: activation descending, then image_id ascending.
         order = np.lexsort((img, -act.astype(np.float64)), axis=1)
@@ -94,6 +97,25 @@ class TopK:
             setattr(self, f, state[f].copy())
 
 
+def _at_or_above_kth(cand: list[np.ndarray], k: int) -> list[np.ndarray]:
+    """Per row, only the entries whose activation is at least the row's k-th largest (so every
+    tie at the boundary stays in), packed to the left of C×W arrays padded with -inf. Linear
+    time: a partition, not a sort."""
+    act = cand[0]
+    kth = -np.partition(-act, k - 1, axis=1)[:, k - 1]
+    keep = act >= kth[:, None]
+    rows, cols = np.nonzero(keep)
+    counts = keep.sum(axis=1)
+    width = int(counts.max())
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    out = []
+    for i, c in enumerate(cand):
+        packed = np.full((act.shape[0], width), -np.inf if i == 0 else 0, dtype=c.dtype)
+        packed[rows, slot] = c[rows, cols]
+        out.append(packed)
+    return out
+
+
 def _first_per_group(group: np.ndarray) -> np.ndarray:
     """C×M mask of the first occurrence of each group value within each row."""
     c, m = group.shape
@@ -117,7 +139,7 @@ def iter_chunks(paths: list[str | os.PathLike], chunk: int):
 def select_topk(activation_paths: list[str | os.PathLike], manifest_path: str | os.PathLike,
                 layers_path: str | os.PathLike, layer: str, k: int = 9, distinct: str = "image",
                 topk_out: str | os.PathLike | None = None, units_out: str | os.PathLike | None = None,
-                chunk: int = 4096) -> tuple[pd.DataFrame, pd.DataFrame]:
+                chunk: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Top-k table and unit statistics of one layer, streamed over its activation shards.
 
     topk columns: layer, unit, rank, image_id, activation, y, x, y0, x0, y1, x1 (the receptive
@@ -125,14 +147,17 @@ def select_topk(activation_paths: list[str | os.PathLike], manifest_path: str | 
     mean, q50, q90, q99, frac_active."""
     row = layer_row(layers_path, layer)
     units = int(row["units"])
-    manifest = pd.read_parquet(manifest_path, columns=["image_id", "group"])
-    group_code = np.full(int(manifest["image_id"].max()) + 1 if len(manifest) else 0, -1, np.int64)
-    group_code[manifest["image_id"].to_numpy()] = pd.factorize(manifest["group"])[0]
+    chunk = chunk or max(256, 4_000_000 // units)  # about 100 MB of working arrays
     top = TopK(k, units, distinct)
+    group_code = None
+    if distinct == "group":  # one int per image: the only part that grows with the images
+        manifest = pd.read_parquet(manifest_path, columns=["image_id", "group"])
+        group_code = np.full(int(manifest["image_id"].max()) + 1, -1, np.int64)
+        group_code[manifest["image_id"].to_numpy()] = pd.factorize(manifest["group"])[0]
     stats = UnitStats(units)
-    progress = Progress(len(manifest), f"top-k {layer}")
+    progress = Progress(pq.ParquetFile(manifest_path).metadata.num_rows, f"top-k {layer}")
     for image_id, values, ys, xs in iter_chunks(activation_paths, chunk):
-        top.add(values, image_id, ys, xs, group_code[image_id])
+        top.add(values, image_id, ys, xs, None if group_code is None else group_code[image_id])
         stats.add(values)
         progress.update(len(image_id))
     if stats.count == 0:
