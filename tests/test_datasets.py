@@ -89,3 +89,43 @@ def test_sample_dataset_is_deterministic_and_grouped_by_photo(tmp_path):
     manifest = index_images(sub, tmp_path / "m.parquet", tmp_path / "r.parquet", threads=2)
     assert len(manifest) == 20 and (manifest["width"] == manifest["height"]).all()
     assert (manifest["crop_right"] - manifest["crop_left"] == manifest["width"]).all()
+
+
+def test_cmyk_jpeg_and_16_bit_png_become_correct_rgb(tmp_path):
+    Image.new("CMYK", (20, 20), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=95)  # red
+    grey16 = np.full((20, 20), 32896, dtype=np.uint16)  # half of 65535: should be ~128, not 255
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")
+    rgba = np.zeros((20, 20, 4), np.uint8)
+    rgba[..., 1], rgba[..., 3] = 200, 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    manifest = index_images(folder_candidates(tmp_path), tmp_path / "m.parquet", tmp_path / "r.parquet")
+    assert len(manifest) == 3
+    red = load_image(str(tmp_path / "cmyk.jpg"), None, 16, 16).astype(int)
+    assert red[..., 0].min() > 200 and red[..., 1].max() < 60
+    grey = load_image(str(tmp_path / "grey16.png"), None, 16, 16).astype(int)
+    assert np.abs(grey - 128).max() <= 2
+    green = load_image(str(tmp_path / "alpha.png"), None, 16, 16).astype(int)
+    assert (green[..., 1] == 200).all() and (green[..., 0] == 0).all()
+
+
+def test_decompression_bomb_is_set_aside(tmp_path, monkeypatch):
+    Image.new("RGB", (300, 300)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 300×300 is then a "bomb"
+    Image.new("RGB", (50, 50)).save(tmp_path / "small.png")
+    index_images(folder_candidates(tmp_path), tmp_path / "m.parquet", tmp_path / "r.parquet")
+    rejected = pd.read_parquet(tmp_path / "r.parquet")
+    assert list(rejected["path"].str.rsplit("/", n=1).str[-1]) == ["big.png"]
+    assert "decompression bomb" in rejected["reason"].iat[0]
+
+
+def test_subset_is_deterministic_and_class_stratified():
+    from unitscope.datasets.sources import subset
+
+    cands = [Candidate(f"/d/{c}/{i}.jpg", f"{c}{i}", c) for c in "abc" for i in range(10 if c != "c" else 2)]
+    s1 = subset(cands, max_images=7, per_class=None, seed=5)
+    assert s1 == subset(cands, max_images=7, per_class=None, seed=5)
+    counts = pd.Series([c.label for c in s1]).value_counts().to_dict()
+    assert counts == {"a": 3, "b": 2, "c": 2} or counts == {"a": 2, "b": 3, "c": 2}
+    s2 = subset(cands, max_images=None, per_class=4, seed=1)
+    assert pd.Series([c.label for c in s2]).value_counts().to_dict() == {"a": 4, "b": 4, "c": 2}
+    assert [c.path for c in s2] == sorted([c.path for c in s2], key=[c.path for c in cands].index)

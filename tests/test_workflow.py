@@ -149,3 +149,28 @@ def test_pipeline_runs_with_alexnet_on_a_local_weights_file(tmp_path):
     top = pd.read_parquet(tmp_path / "results/sample/alexnet/topk/pool5.parquet")
     assert (top.groupby("unit").size() == 4).all() and top["unit"].nunique() == 256
     assert (tmp_path / "results/sample/alexnet/grids/conv2.png").exists()
+
+
+def test_imagenette_runs_end_to_end_from_a_local_copy_of_its_archive(tmp_path):
+    from http_fixture import LocalServer
+    from test_sources import mini_imagenette
+
+    root = tmp_path / "served"
+    root.mkdir()
+    server = LocalServer(root)
+    try:
+        md5 = mini_imagenette(root / "imagenette2-160.tgz", per_class=4)
+        config = {"dataset": {"name": "imagenette", "size": 160, "split": "val", "max_images": 500,
+                              "mirror": server.url, "md5": md5},
+                  "layers": ["stem"], "k": 4, "units": 4, "device": "cpu"}
+        (tmp_path / "work").mkdir()
+        r = snakemake(tmp_path / "work", config)
+    finally:
+        server.stop()
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = tmp_path / "work/results/imagenette-160-val"
+    manifest = pd.read_parquet(res / "manifest.parquet")
+    assert len(manifest) == 40 and manifest["label"].str.contains(r"\(n0\d+\)").all()
+    assert len(pd.read_parquet(res / "rejected.parquet")) == 1
+    assert (tmp_path / "work/resources/imagenette2-160.tgz").exists()
+    assert (res / "efficientnet_lite0/grids/stem.png").exists()

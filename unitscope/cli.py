@@ -54,11 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m unitscope", description=__doc__)
     sub = p.add_subparsers(dest="stage", required=True)
 
-    s = sub.add_parser("dataset", help="index a dataset into manifest.parquet and rejected.parquet")
-    s.add_argument("--source", required=True, choices=["sample", "folder"])
+    s = sub.add_parser("dataset", help="fetch and index a dataset into manifest.parquet and rejected.parquet")
+    s.add_argument("--spec", help='the dataset settings as JSON, e.g. \'{"name": "imagenette", '
+                                  '"size": 160, "split": "val", "max_images": 500}\'')
+    s.add_argument("--source", choices=["sample", "folder"], help="shorthand for a simple --spec")
     s.add_argument("--path", help="folder of images (source folder)")
     s.add_argument("--max-images", type=int)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resources", default="resources", help="where downloads and archives go")
     s.add_argument("--manifest", required=True)
     s.add_argument("--rejected", required=True)
     s.add_argument("--threads", type=int, default=1)
@@ -123,18 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     if args.stage == "dataset":
-        from .datasets.index import folder_candidates, index_images
-        from .datasets.sample import sample_candidates
+        from .datasets.index import index_images
+        from .datasets.sources import candidates
 
-        if args.source == "sample":
-            cands = sample_candidates(args.max_images, args.seed)
+        if args.spec:
+            spec = json.loads(args.spec)
+        elif args.source:
+            spec = {"name": args.source, "path": args.path, "max_images": args.max_images,
+                    "seed": args.seed}
         else:
-            if not args.path:
-                raise ValueError("dataset source folder needs --path")
-            cands = folder_candidates(args.path)
-            if args.max_images is not None:
-                cands = cands[:args.max_images]
-        index_images(cands, args.manifest, args.rejected, args.threads)
+            raise ValueError("give --spec JSON or --source")
+        if spec["name"] == "folder" and not spec.get("path"):
+            raise ValueError("dataset folder needs a path")
+        index_images(candidates(spec, args.resources), args.manifest, args.rejected, args.threads)
     elif args.stage == "inputs":
         from .inputs import write_inputs
 
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         log.error("%s failed: %s", args.stage, e)
         return 1
     return 0

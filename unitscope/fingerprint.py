@@ -11,7 +11,9 @@ MODEL_MODULES = ["unitscope.models", "unitscope.models.configs", "unitscope.mode
                  "unitscope.models.resnet", "unitscope.models.efficientnet_lite"]
 # Which modules' code decides each stage's output.
 STAGE_MODULES: dict[str, list[str]] = {
-    "dataset": ["unitscope.datasets", "unitscope.datasets.sample", "unitscope.datasets.index"],
+    "dataset": ["unitscope.datasets", "unitscope.datasets.sample", "unitscope.datasets.index",
+                "unitscope.datasets.sources", "unitscope.datasets.download",
+                "unitscope.datasets.extract", "unitscope.inputs"],
     "inputs": ["unitscope.inputs", "unitscope.models", "unitscope.models.configs"],
     "layers": ["unitscope.layers", "unitscope.receptive_field", "unitscope.geometry", *MODEL_MODULES],
     "activations": ["unitscope.activations", *MODEL_MODULES],

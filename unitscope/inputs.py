@@ -39,10 +39,7 @@ def load_image(path: str, crop: tuple[int, int, int, int] | None, resize_size: i
             w, h = im.size
             s = resize_size / min(w, h)
             im.draft("RGB", (int(w * s) + 1, int(h * s) + 1))
-        im = ImageOps.exif_transpose(im)
-        if im.mode != "RGB":
-            im = im.convert("RGBA").convert("RGB") if "A" in im.getbands() or im.mode == "P" \
-                else im.convert("RGB")
+        im = to_rgb(ImageOps.exif_transpose(im))
         if crop is not None:
             im = im.crop(crop)
         w, h = im.size
@@ -52,6 +49,26 @@ def load_image(path: str, crop: tuple[int, int, int, int] | None, resize_size: i
         left, top = (nw - input_size) // 2, (nh - input_size) // 2
         im = im.crop((left, top, left + input_size, top + input_size))
         return np.asarray(im, dtype=np.uint8)
+
+
+def to_rgb(im):
+    """Any Pillow image as 8-bit RGB: greyscale, palette, CMYK and alpha images converted (alpha
+    dropped), 16- and 32-bit integer images scaled down from their full range, not clipped."""
+    from PIL import Image
+
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I"):  # I;16, I;16B, I (PNG 16-bit greyscale arrives as I or I;16)
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(arr * 255.0 / top + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        return Image.fromarray(np.clip(arr * 255.0 / top + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if im.mode in ("P", "PA", "LA", "RGBA") or "A" in im.getbands():
+        return im.convert("RGBA").convert("RGB")
+    return im.convert("RGB")
 
 
 def _crop_of(row) -> tuple[int, int, int, int] | None:

@@ -1,5 +1,7 @@
+import json
 import os
 import re
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -10,13 +12,14 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
+from unitscope.datasets.sources import default_id
 from unitscope.fingerprint import stage_fingerprint
 from unitscope.models import check_units, get_spec, resolve_layers
 
 
 validate(config, "../schemas/config.schema.yaml")
 
-DATASET = config["dataset"].get("id") or config["dataset"]["name"]
+DATASET = default_id(config["dataset"])
 MODEL_REF = (f"python:{config['model']['python']}" if config["model"].get("python")
              else config["model"]["name"])
 MODEL = config["model"].get("id") or get_spec(MODEL_REF).name
@@ -35,8 +38,11 @@ if _unknown:
         f"configured layers: {', '.join(LAYERS)}"
     )
 
-if config["dataset"]["name"] == "folder" and not config["dataset"].get("path"):
-    raise WorkflowError("config key 'dataset.path' is required when dataset.name is folder")
+_needs = {"folder": "path", "url": "url", "imagenet_val": "tar"}.get(config["dataset"]["name"])
+if _needs and not config["dataset"].get(_needs):
+    raise WorkflowError(
+        f"config key 'dataset.{_needs}' is required when dataset.name is {config['dataset']['name']}"
+    )
 
 
 wildcard_constraints:
@@ -80,13 +86,9 @@ def model_args():
 
 
 def dataset_args():
-    d = config["dataset"]
-    args = [f"--source {d['name']}", f"--seed {d['seed']}"]
-    if d.get("path"):
-        args.append(f"--path '{d['path']}'")
-    if d.get("max_images"):
-        args.append(f"--max-images {d['max_images']}")
-    return " ".join(args)
+    """The dataset settings for the dataset stage, as one quoted JSON argument."""
+    spec = {k: v for k, v in config["dataset"].items() if v is not None}
+    return "--spec " + shlex.quote(json.dumps(spec, sort_keys=True))
 
 
 def inputs_path(shard="{shard}"):

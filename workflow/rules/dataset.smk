@@ -13,5 +13,5 @@ rule dataset:
     conda:
         "../../envs/unitscope.yaml"
     shell:
-        "python -m unitscope dataset {params.args} --manifest {output.manifest}"
+        "python -m unitscope dataset {params.args} --resources resources --manifest {output.manifest}"
         " --rejected {output.rejected} --threads {threads} > {log} 2>&1"
