@@ -76,11 +76,12 @@ print(json.dumps({"images": n, "bare_img_s": bare, "stage_img_s": stage}))
 def bench_inference(tmp: Path, n: int) -> dict:
     import h5py
 
-    from unitscope.datasets.sample import sample_candidates
     from unitscope.datasets.index import index_images
+    from unitscope.datasets.sources import candidates
     from unitscope.inputs import write_inputs
 
-    index_images(sample_candidates(max_images=n, seed=0), tmp / "m.parquet", tmp / "r.parquet", 2)
+    index_images(candidates({"name": "sample", "max_images": n}), tmp / "m.parquet",
+                 tmp / "r.parquet", 2)
     write_inputs(tmp / "m.parquet", tmp / "inputs.h5", 0, 1, 256, 224, threads=2)
     with h5py.File(tmp / "inputs.h5") as f:
         assert len(f["images"]) == n

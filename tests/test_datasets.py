@@ -11,6 +11,7 @@ from PIL import Image
 from unitscope.datasets import Candidate
 from unitscope.datasets.index import folder_candidates, index_images
 from unitscope.datasets.sample import PHOTOS, sample_candidates
+from unitscope.datasets.sources import candidates
 from unitscope.inputs import load_image
 
 
@@ -83,9 +84,9 @@ def test_sample_dataset_is_deterministic_and_grouped_by_photo(tmp_path):
     a, b = sample_candidates(), sample_candidates()
     assert a == b and 200 <= len(a) <= 600
     assert {c.group for c in a} == {n.rsplit(".", 1)[0] for n in PHOTOS}
-    sub = sample_candidates(max_images=20, seed=3)
-    assert sub == sample_candidates(max_images=20, seed=3) and len(sub) == 20
-    assert len({c.group for c in sub}) > 3
+    sub = candidates({"name": "sample", "max_images": 20, "seed": 3})
+    assert sub == candidates({"name": "sample", "max_images": 20, "seed": 3}) and len(sub) == 20
+    assert pd.Series([c.group for c in sub]).value_counts().tolist() == [3, 3, 3, 3, 2, 2, 2, 2]
     manifest = index_images(sub, tmp_path / "m.parquet", tmp_path / "r.parquet", threads=2)
     assert len(manifest) == 20 and (manifest["width"] == manifest["height"]).all()
     assert (manifest["crop_right"] - manifest["crop_left"] == manifest["width"]).all()

@@ -10,7 +10,7 @@ import torch
 from conftest import write_pngs
 from unitscope.activations import read_layer, record_maxima, run_inference
 from unitscope.datasets.index import folder_candidates, index_images
-from unitscope.datasets.sample import sample_candidates
+from unitscope.datasets.sources import candidates
 from unitscope.inputs import write_inputs
 from unitscope.layers import model_layer_table, write_layer_table
 from unitscope.models import MODELS, build_model, resolve_layers
@@ -92,7 +92,8 @@ def brute_force_topk(model, module, images, mean, std, k):
 
 def test_topk_of_the_real_model_matches_plain_forward_and_full_sort(tmp_path):
     manifest, rejected = tmp_path / "manifest.parquet", tmp_path / "rejected.parquet"
-    index_images(sample_candidates(max_images=14, seed=1), manifest, rejected, threads=2)
+    index_images(candidates({"name": "sample", "max_images": 14, "seed": 1}), manifest, rejected,
+                 threads=2)
     spec = MODELS["efficientnet_lite0"]
     shards = [tmp_path / f"inputs-{i}.h5" for i in range(3)]
     for i, p in enumerate(shards):

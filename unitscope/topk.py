@@ -54,10 +54,12 @@ class TopK:
             activation, y, x = activation.T, y.T, x.T
             image_id = np.broadcast_to(image_id, (self.units, n))
             group = np.broadcast_to(group, (self.units, n))
-        cand = [np.concatenate([getattr(self, f), v], axis=1) for f, v in
-                zip(FIELDS, (activation, image_id, y, x, group))]
-        if self.distinct == "image" and cand[0].shape[1] > 4 * self.k:
-            cand = _at_or_above_kth(cand, self.k)  # cheap pre-selection, ties kept
+        if self.distinct == "image" and activation.shape[1] > 4 * self.k:
+            # cheap linear pre-selection first, so that only the few survivors are gathered
+            cand = self._preselect(activation, image_id, y, x, group)
+        else:
+            cand = [np.concatenate([getattr(self, f), v], axis=1) for f, v in
+                    zip(FIELDS, (activation, image_id, y, x, group))]
         act, img = cand[0], cand[1]
         # Sort each unit's candidates: activation descending, then image_id ascending.
         order = np.lexsort((img, -act.astype(np.float64)), axis=1)
@@ -77,6 +79,31 @@ class TopK:
         for f, c in zip(FIELDS, cand):
             setattr(self, f, np.ascontiguousarray(c))
 
+    def _preselect(self, activation, image_id, y, x, group) -> list[np.ndarray]:
+        """Per unit, the kept entries and the new ones whose activation is at least the unit's
+        k-th largest (every tie at the boundary stays in), packed into C×W arrays padded with
+        -inf. Linear time: a partition, not a sort; only survivors are gathered."""
+        act = np.concatenate([self.activation, activation], axis=1)
+        kth = -np.partition(-act, self.k - 1, axis=1)[:, self.k - 1]
+        keep = act >= kth[:, None]
+        rows, cols = np.nonzero(keep)
+        counts = keep.sum(axis=1)
+        slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        old = cols < self.activation.shape[1]
+        new_cols = cols - self.activation.shape[1]
+        out = []
+        for f, v in zip(FIELDS, (activation, image_id, y, x, group)):
+            mine = getattr(self, f)
+            picked = np.empty(len(rows), dtype=mine.dtype)
+            picked[old] = mine[rows[old], cols[old]]
+            fresh = ~old
+            picked[fresh] = v[rows[fresh], new_cols[fresh]]
+            packed = np.full((act.shape[0], int(counts.max())), -np.inf if f == "activation" else 0,
+                             dtype=mine.dtype)
+            packed[rows, slot] = picked
+            out.append(packed)
+        return out
+
     def result(self) -> pd.DataFrame:
         """One row per (unit, rank) actually filled: unit, rank, image_id, activation, y, x."""
         units, ranks = np.nonzero(np.isfinite(self.activation))
@@ -95,25 +122,6 @@ class TopK:
         self.k, self.units, self.distinct = state["k"], state["units"], state["distinct"]
         for f in FIELDS:
             setattr(self, f, state[f].copy())
-
-
-def _at_or_above_kth(cand: list[np.ndarray], k: int) -> list[np.ndarray]:
-    """Per row, only the entries whose activation is at least the row's k-th largest (so every
-    tie at the boundary stays in), packed to the left of C×W arrays padded with -inf. Linear
-    time: a partition, not a sort."""
-    act = cand[0]
-    kth = -np.partition(-act, k - 1, axis=1)[:, k - 1]
-    keep = act >= kth[:, None]
-    rows, cols = np.nonzero(keep)
-    counts = keep.sum(axis=1)
-    width = int(counts.max())
-    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    out = []
-    for i, c in enumerate(cand):
-        packed = np.full((act.shape[0], width), -np.inf if i == 0 else 0, dtype=c.dtype)
-        packed[rows, slot] = c[rows, cols]
-        out.append(packed)
-    return out
 
 
 def _first_per_group(group: np.ndarray) -> np.ndarray:

@@ -50,8 +50,9 @@ class UnitStats:
         out = pd.DataFrame({"unit": np.arange(self.units, dtype=np.int64),
                             "max": self.max.astype(np.float32),
                             "mean": (self.sum / max(self.count, 1)).astype(np.float32)})
-        for name, q in QUANTILES.items():
-            out[name] = (np.quantile(self.sample, q, axis=0).astype(np.float32)
-                         if len(self.sample) else np.nan)
+        qs = (np.quantile(self.sample, list(QUANTILES.values()), axis=0).astype(np.float32)
+              if len(self.sample) else np.full((len(QUANTILES), self.units), np.nan, np.float32))
+        for name, q in zip(QUANTILES, qs):
+            out[name] = q
         out["frac_active"] = (self.active / max(self.count, 1)).astype(np.float32)
         return out

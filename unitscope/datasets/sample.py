@@ -44,8 +44,8 @@ def crops(width: int, height: int) -> list[tuple[int, int, int, int]]:
     return boxes
 
 
-def sample_candidates(max_images: int | None = None, seed: int = 0) -> list[Candidate]:
-    """Every crop of every photo, or a deterministic subset of `max_images` spread over the photos."""
+def sample_candidates() -> list[Candidate]:
+    """Every crop of every photo (label = the photo's subject, group = the photo)."""
     from PIL import Image
 
     folder = skimage_data_dir()
@@ -56,7 +56,4 @@ def sample_candidates(max_images: int | None = None, seed: int = 0) -> list[Cand
             width, height = im.size
         group = os.path.splitext(name)[0]
         out += [Candidate(path, group, label, box) for box in crops(width, height)]
-    if max_images is not None and max_images < len(out):
-        keep = np.sort(np.random.default_rng(seed).permutation(len(out))[:max_images])
-        out = [out[i] for i in keep]
     return out

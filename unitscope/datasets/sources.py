@@ -100,8 +100,8 @@ def candidates(cfg: dict, resources: str | os.PathLike = "resources") -> list[Ca
     resources = Path(resources)
     name = cfg["name"]
     if name == "sample":
-        return sample_candidates(cfg.get("max_images"), cfg.get("seed", 0))
-    if name == "folder":
+        cands = sample_candidates()
+    elif name == "folder":
         cands = folder_candidates(cfg["path"])
     elif name in ARCHIVES:
         size, split = str(cfg.get("size", 160)), cfg.get("split", "val")
