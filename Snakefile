@@ -18,6 +18,7 @@ include: "workflow/rules/layers.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/topk.smk"
 include: "workflow/rules/patches.smk"
+include: "workflow/rules/projections.smk"
 include: "workflow/rules/grids.smk"
 
 

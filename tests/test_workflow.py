@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 RES = "results/sample/efficientnet_lite0"
 LAYERS = ["stem", "block3"]
 TINY = {"dataset": {"name": "sample", "max_images": 24, "seed": 2}, "layers": LAYERS, "shards": 2,
-        "batch_size": 8, "device": "cpu"}
+        "batch_size": 8, "device": "cpu", "projection": "none"}
 
 
 def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
@@ -148,7 +148,11 @@ def test_pipeline_runs_with_alexnet_on_a_local_weights_file(tmp_path):
     assert list(layers["rf_size"]) == [51, 195]
     top = pd.read_parquet(tmp_path / "results/sample/alexnet/topk/pool5.parquet")
     assert (top.groupby("unit").size() == 4).all() and top["unit"].nunique() == 256
-    assert (tmp_path / "results/sample/alexnet/grids/conv2.png").exists()
+    # projection auto = the deconvnet for AlexNet; the figure shows projections beside patches
+    with h5py.File(tmp_path / "results/sample/alexnet/projections/pool5.h5") as f:
+        assert f.attrs["method"] == "deconvnet" and len(f["jpeg"]) == 16
+    fig = Image.open(tmp_path / "results/sample/alexnet/grids/conv2.png")
+    assert fig.width > 2 * 2 * (2 * 64)
 
 
 def test_imagenette_runs_end_to_end_from_a_local_copy_of_its_archive(tmp_path):

@@ -111,6 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patch-max-px", type=int, default=128)
     s.add_argument("--out", required=True)
 
+    s = sub.add_parser("projections", help="deconvnet / guided-backprop projections of shown units")
+    s.add_argument("--topk", required=True)
+    s.add_argument("--units-table", required=True)
+    s.add_argument("--inputs", nargs="+", required=True)
+    s.add_argument("--shards", type=int)
+    _model_args(s)
+    s.add_argument("--weights", default="imagenet")
+    s.add_argument("--layer", required=True)
+    s.add_argument("--method", default="deconvnet", choices=["deconvnet", "guided_backprop"])
+    s.add_argument("--units", type=_units, default=9)
+    s.add_argument("--pick", default="top", choices=["top", "random", "first"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--patch-max-px", type=int, default=128)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--out", required=True)
+
     s = sub.add_parser("grids", help="draw the layer figure and one figure per unit")
     s.add_argument("--patches", required=True)
     s.add_argument("--units-table", required=True)
@@ -119,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--k", type=int)
     s.add_argument("--display-px", type=int, default=64)
+    s.add_argument("--projections", help="projections file: shown beside the patches")
+    s.add_argument("--figure", default="patches", choices=["patches", "projections", "both"])
     s.add_argument("--out", required=True)
     s.add_argument("--unit-dir", required=True)
     return p
@@ -172,11 +190,28 @@ def run(args: argparse.Namespace) -> None:
         from .patches import cut_patches
 
         cut_patches(args.topk, shard_files(args.inputs, args.shards), args.out, args.patch_max_px)
+    elif args.stage == "projections":
+        import pandas as pd
+        import torch
+
+        from .grids import select_units
+        from .models import build_model, resolve_layers
+        from .projections import write_projections
+
+        torch.set_num_threads(max(args.threads, 1))
+        spec = _spec(args)
+        weights = None if args.weights == "none" else args.weights
+        model = build_model(args.model, weights, spec)
+        module = resolve_layers(args.model, [args.layer], spec)[args.layer]
+        units = select_units(pd.read_parquet(args.units_table), args.units, args.pick, args.seed)
+        write_projections(args.topk, shard_files(args.inputs, args.shards), args.out, model,
+                          module, spec.mean, spec.std, units, args.method, args.patch_max_px)
     elif args.stage == "grids":
         from .grids import draw_grids
 
         draw_grids(args.patches, args.units_table, args.out, args.unit_dir, args.units,
-                   args.pick, args.seed, args.display_px, args.k)
+                   args.pick, args.seed, args.display_px, args.k, projections_path=args.projections,
+                   figure=args.figure)
 
 
 def main(argv: list[str] | None = None) -> int:

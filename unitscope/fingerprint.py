@@ -19,7 +19,8 @@ STAGE_MODULES: dict[str, list[str]] = {
     "activations": ["unitscope.activations", *MODEL_MODULES],
     "topk": ["unitscope.topk", "unitscope.unit_stats", "unitscope.geometry"],
     "patches": ["unitscope.patches"],
-    "grids": ["unitscope.grids"],
+    "grids": ["unitscope.grids", "unitscope.patches"],
+    "projections": ["unitscope.projections", "unitscope.patches", *MODEL_MODULES],
 }
 
 

@@ -17,6 +17,7 @@ from .patches import read_index, read_patch
 log = logging.getLogger("unitscope")
 
 PICKS = ("top", "random", "first")
+FIGURES = ("patches", "projections", "both")
 PATCH_GAP = 2
 UNIT_GAP = 14
 TITLE_H = 28
@@ -65,32 +66,56 @@ def _enlarge(patch: np.ndarray, display_px: int):
     return Image.fromarray(patch).resize(size, Image.NEAREST if s >= 1 else Image.LANCZOS)
 
 
-def unit_block(patches: list[np.ndarray], k: int, display_px: int, label: str):
-    """One unit's block: its patches in a ceil(√k)-wide grid with a caption underneath."""
-    from PIL import Image, ImageDraw
+def tile_grid(patches: list[np.ndarray], k: int, display_px: int):
+    """A unit's k tiles in a ceil(√k)-wide grid, thin gaps between them; missing ones light gray."""
+    from PIL import Image
 
     cols = math.ceil(math.sqrt(k))
     rows = math.ceil(k / cols)
-    caption_h = max(14, min(18, display_px // 4))
     width = cols * display_px + (cols - 1) * PATCH_GAP
-    height = rows * display_px + (rows - 1) * PATCH_GAP + caption_h + 4
-    block = Image.new("RGB", (width, height), BACKGROUND)
+    height = rows * display_px + (rows - 1) * PATCH_GAP
+    grid = Image.new("RGB", (width, height), BACKGROUND)
     empty = Image.new("RGB", (display_px, display_px), (235, 235, 235))
     for i in range(rows * cols):
         r, c = divmod(i, cols)
         tile = _enlarge(patches[i], display_px) if i < len(patches) else empty
-        block.paste(tile, (c * (display_px + PATCH_GAP) + (display_px - tile.width) // 2,
-                           r * (display_px + PATCH_GAP) + (display_px - tile.height) // 2))
+        grid.paste(tile, (c * (display_px + PATCH_GAP) + (display_px - tile.width) // 2,
+                          r * (display_px + PATCH_GAP) + (display_px - tile.height) // 2))
+    return grid
+
+
+def unit_block(tile_sets: list[list[np.ndarray]], k: int, display_px: int, label: str):
+    """One unit's block: its grids side by side (projections beside patches, as in the paper),
+    with a caption underneath."""
+    from PIL import Image, ImageDraw
+
+    grids = [tile_grid(t, k, display_px) for t in tile_sets]
+    caption_h = max(14, min(18, display_px // 4))
+    width = sum(g.width for g in grids) + (len(grids) - 1) * 3 * PATCH_GAP
+    height = grids[0].height + caption_h + 4
+    block = Image.new("RGB", (width, height), BACKGROUND)
+    x = 0
+    for g in grids:
+        block.paste(g, (x, 0))
+        x += g.width + 3 * PATCH_GAP
     draw = ImageDraw.Draw(block)
     draw.text((0, height - caption_h - 2), label, fill=TEXT, font=_font(caption_h - 3))
     return block
 
 
+def _tiles(path: str | os.PathLike, index: pd.DataFrame, unit: int) -> list[np.ndarray]:
+    rows = index[index["unit"] == unit].sort_values("rank")
+    return [read_patch(path, i)[0] for i in rows.index]
+
+
 def draw_grids(patches_path: str | os.PathLike, units_path: str | os.PathLike,
                figure_out: str | os.PathLike, unit_dir: str | os.PathLike,
                how_many: int | list[int] = 9, pick: str = "top", seed: int = 0,
-               display_px: int = 64, k: int | None = None, title: str = "") -> list[int]:
-    """Write the layer figure and one PNG per selected unit (unit-UUUU.png); returns the units."""
+               display_px: int = 64, k: int | None = None, title: str = "",
+               projections_path: str | os.PathLike | None = None,
+               figure: str = "patches") -> list[int]:
+    """Write the layer figure and one PNG per selected unit (unit-UUUU.png); returns the units.
+    `figure` = patches, projections, or both (each unit's projections beside its patches)."""
     from PIL import Image, ImageDraw
     import h5py
 
@@ -102,11 +127,23 @@ def draw_grids(patches_path: str | os.PathLike, units_path: str | os.PathLike,
         rf_h, rf_w = (int(v) for v in f.attrs["rf_size"])
     k = k or int(index["rank"].max() + 1 if len(index) else 1)
     rf = f"RF {rf_h}x{rf_w} px"
+    if figure not in FIGURES:
+        raise ValueError(f"figure {figure!r}; valid: {', '.join(FIGURES)}")
+    if figure != "patches" and projections_path is None:
+        raise ValueError(f"figure: {figure} needs projections (projection is none)")
+    proj_index = read_index(projections_path) if projections_path else None
+    missing = sorted(set(chosen) - set(proj_index["unit"])) if proj_index is not None else []
+    if figure != "patches" and missing:
+        raise ValueError(f"no projections for units {missing}: the projections stage picked "
+                         f"other units than this figure")
     blocks = []
     for u in chosen:
-        rows = index[index["unit"] == u].sort_values("rank")
-        patches = [read_patch(patches_path, i)[0] for i in rows.index]
-        blocks.append(unit_block(patches, k, display_px, f"unit {u} | {rf}"))
+        sets = []
+        if figure in ("projections", "both"):
+            sets.append(_tiles(projections_path, proj_index, u))
+        if figure in ("patches", "both"):
+            sets.append(_tiles(patches_path, index, u))
+        blocks.append(unit_block(sets, k, display_px, f"unit {u} | {rf}"))
     unit_dir = Path(unit_dir)
     with atomic_path(unit_dir) as tmp_dir:
         tmp_dir.mkdir()
@@ -123,7 +160,9 @@ def draw_grids(patches_path: str | os.PathLike, units_path: str | os.PathLike,
     for i, b in enumerate(blocks):
         r, c = divmod(i, per_row)
         fig.paste(b, (UNIT_GAP + c * (bw + UNIT_GAP), TITLE_H + UNIT_GAP + r * (bh + UNIT_GAP)))
-    heading = title or f"{layer}: top {k} patches of {len(chosen)} units ({pick}) | {rf}"
+    shown = {"patches": "patches", "projections": "projections",
+             "both": "projections (left) and patches (right)"}[figure]
+    heading = title or f"{layer}: top {k} {shown} of {len(chosen)} units ({pick}) | {rf}"
     ImageDraw.Draw(fig).text((UNIT_GAP, 6), heading, fill=TEXT, font=_font(16))
     with atomic_path(figure_out) as tmp:
         fig.save(tmp, format="PNG")

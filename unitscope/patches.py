@@ -27,12 +27,13 @@ log = logging.getLogger("unitscope")
 GRAY = 128
 
 
-def crop_box(image: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The box (y0, x0, y1, x1; may reach outside) of an H×W×3 image, padded with gray, and the
-    mask of the pixels that come from the image."""
+def crop_box(image: np.ndarray, box: tuple[int, int, int, int],
+             fill=GRAY) -> tuple[np.ndarray, np.ndarray]:
+    """The box (y0, x0, y1, x1; may reach outside) of an H×W×C image, padded with `fill` (neutral
+    gray), and the mask of the pixels that come from the image."""
     y0, x0, y1, x1 = box
     h, w = image.shape[:2]
-    patch = np.full((y1 - y0, x1 - x0, 3), GRAY, dtype=np.uint8)
+    patch = np.full((y1 - y0, x1 - x0, image.shape[2]), fill, dtype=image.dtype)
     mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
     sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
     if sy1 > sy0 and sx1 > sx0:
@@ -132,12 +133,13 @@ def cut_patches(topk_path: str | os.PathLike, input_paths: list[str | os.PathLik
 
 
 def read_patch(path: str | os.PathLike, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB h×w×3 uint8, mask h×w bool) of entry `index` of a patches file."""
+    """(RGB h×w×3 uint8, mask h×w bool) of entry `index` of a patches file (or of a
+    projections file, which has no mask: None)."""
     from PIL import Image
 
     with h5py.File(path, "r") as f:
         data = f["jpeg"][index]
-        mask = f["mask"][index]
+        mask = f["mask"][index] if "mask" in f else None
     return np.asarray(Image.open(io.BytesIO(data.tobytes())).convert("RGB")), mask
 
 

@@ -30,6 +30,7 @@ class ModelSpec:
     weights_url: str | None = None      # published ImageNet state_dict (sha256 prefix in its name)
     packaged_weights: str | None = None  # "module:function" giving the path of shipped weights
     torchscript: str | None = None      # path of a TorchScript file (the architecture and weights)
+    deconvnet: bool = False             # only conv/ReLU/max-pool/LRN: Zeiler & Fergus's deconvnet applies
 
 
 def _efficientnet_lite0_weights() -> str:
@@ -74,16 +75,16 @@ def _builtins() -> dict[str, ModelSpec]:
             packaged_weights="unitscope.models:_efficientnet_lite0_weights",
         ),
         "zfnet": ModelSpec(
-            name="zfnet", factory="unitscope.models.classic:zfnet", aliases=ZFNET_ALIASES,
+            name="zfnet", deconvnet=True, factory="unitscope.models.classic:zfnet", aliases=ZFNET_ALIASES,
             channels=_classic_channels("ZFNET", "ZFNET_ALIASES"),
         ),
         "alexnet": ModelSpec(
-            name="alexnet", factory="unitscope.models.classic:alexnet", aliases=ALEXNET_ALIASES,
+            name="alexnet", deconvnet=True, factory="unitscope.models.classic:alexnet", aliases=ALEXNET_ALIASES,
             channels=_classic_channels("ALEXNET", "ALEXNET_ALIASES"),
             weights_url=download + "alexnet-owt-7be5be79.pth",
         ),
         "vgg16": ModelSpec(
-            name="vgg16", factory="unitscope.models.classic:vgg16", aliases=VGG16_ALIASES,
+            name="vgg16", deconvnet=True, factory="unitscope.models.classic:vgg16", aliases=VGG16_ALIASES,
             channels=_classic_channels("VGG16", "VGG16_ALIASES"),
             weights_url=download + "vgg16-397923af.pth",
         ),
@@ -209,3 +210,12 @@ def check_units(name: str, wanted: dict[str, int]) -> None:
         if have is not None and need > have:
             raise ValueError(f"{need} units asked for but {layer} has {have} channels "
                              f"(units 0..{have - 1})")
+
+
+def projection_method(name: str, setting: str) -> str:
+    """The projection a config asks for: `auto` is the deconvnet where the model allows it
+    (conv/ReLU/max-pool/LRN networks), guided backpropagation elsewhere."""
+    if setting != "auto":
+        return setting
+    spec = MODELS.get(name)
+    return "deconvnet" if spec is not None and spec.deconvnet else "guided_backprop"

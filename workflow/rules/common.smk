@@ -14,7 +14,7 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 
 from unitscope.datasets.sources import default_id
 from unitscope.fingerprint import stage_fingerprint
-from unitscope.models import check_units, get_spec, resolve_layers
+from unitscope.models import check_units, get_spec, projection_method, resolve_layers
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -26,6 +26,7 @@ MODEL = config["model"].get("id") or get_spec(MODEL_REF).name
 LAYERS = config["layers"]
 RES = f"results/{DATASET}/{MODEL}"
 SHARDS = [f"{i:03d}" for i in range(config["shards"])]
+PROJECTION = projection_method(MODEL_REF, config["projection"])
 
 try:
     resolve_layers(MODEL_REF, LAYERS)  # fails before any work, listing the valid names
@@ -65,6 +66,23 @@ try:
     check_units(MODEL_REF, {layer: units_needed(layer) for layer in LAYERS})
 except ValueError as e:
     raise WorkflowError(f"config key 'units': {e}") from None
+
+
+def figure_of(layer):
+    """What the layer figure shows: patches only when there are no projections."""
+    return "patches" if PROJECTION == "none" else setting(layer, "figure")
+
+
+def grid_inputs(wildcards):
+    inputs = {"patches": f"{RES}/patches/{wildcards.layer}.h5",
+              "units": f"{RES}/units/{wildcards.layer}.parquet"}
+    if figure_of(wildcards.layer) != "patches":
+        inputs["projections"] = f"{RES}/projections/{wildcards.layer}.h5"
+    return inputs
+
+
+def projections_arg(wildcards, input):
+    return f"--projections {input.projections}" if "projections" in input.keys() else ""
 
 
 def units_arg(layer):

@@ -1,7 +1,6 @@
 rule grids:
     input:
-        patches=f"{RES}/patches/{{layer}}.h5",
-        units=f"{RES}/units/{{layer}}.parquet",
+        unpack(grid_inputs),
     output:
         figure=report(
             f"{RES}/grids/{{layer}}.png",
@@ -20,11 +19,14 @@ rule grids:
         seed=lambda w: setting(w.layer, "seed"),
         k=lambda w: setting(w.layer, "k"),
         display_px=lambda w: setting(w.layer, "display_px"),
+        figure=lambda w: figure_of(w.layer),
+        projections=projections_arg,
         code=stage_fingerprint("grids"),
     conda:
         "../../envs/unitscope.yaml"
     shell:
         "python -m unitscope grids --patches {input.patches} --units-table {input.units}"
         " --units {params.units} --pick {params.pick} --seed {params.seed} --k {params.k}"
-        " --display-px {params.display_px} --out {output.figure} --unit-dir {output.unit_dir}"
+        " --display-px {params.display_px} --figure {params.figure} {params.projections}"
+        " --out {output.figure} --unit-dir {output.unit_dir}"
         " > {log} 2>&1"
