@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 CORES ?= all
 
-.PHONY: run test setup clean report
+.PHONY: run test setup clean report browser
 
 setup: $(VENV)/.installed
 
@@ -22,7 +22,13 @@ run: setup
 report: setup
 	$(BIN)/snakemake --report report.zip
 
-test: setup
+# The gallery test drives headless Chromium (Debian's package); install it where we may.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium not installed: the gallery browser test will be skipped"; }
+
+test: setup browser
 	$(BIN)/python -m pytest -q tests
 
 clean:

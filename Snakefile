@@ -20,6 +20,7 @@ include: "workflow/rules/topk.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/projections.smk"
 include: "workflow/rules/grids.smk"
+include: "workflow/rules/gallery.smk"
 
 
 rule all:

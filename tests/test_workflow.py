@@ -94,17 +94,46 @@ def test_every_contract_file_is_written_with_its_columns(finished_run):
             assert (w / RES / f"logs/{stage}/{L}.log").exists()
 
 
+def test_gallery_and_report_are_made(finished_run):
+    import zipfile
+
+    gallery = finished_run / RES / "gallery"
+    assert (gallery / "index.html").exists()
+    for L, units in (("stem", 32), ("block3", 40)):
+        assert len(list((gallery / L).glob("unit-*.html"))) == units
+    r = snakemake(finished_run, TINY, "--report", "report.zip")
+    assert r.returncode == 0, r.stderr[-3000:]
+    with zipfile.ZipFile(finished_run / "report.zip") as z:
+        names = z.namelist()
+        html = z.read("report/report.html").decode()
+    assert sum(n.endswith((f"/stem.png", "/block3.png")) for n in names) == 2
+    assert '"RF": "35x35 px"' in html and "picked by" in html
+
+
+def test_show_prints_a_units_top_images(finished_run):
+    r = subprocess.run([sys.executable, "-m", "unitscope", "show", "--layer", "block3", "--unit", "0"],
+                       cwd=finished_run, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    top = pd.read_parquet(finished_run / RES / "topk/block3.parquet").query("unit == 0")
+    lines = r.stdout.splitlines()
+    assert lines[0] == "block3 unit 0: top 9 images"
+    for line, row in zip(lines[1:10], top.itertuples()):
+        assert f"image {row.image_id} " in line and f"box y {row.y0}..{row.y1} x {row.x0}..{row.x1}" in line
+    assert any(line.startswith("gallery: ") for line in lines)
+
+
 def test_changing_one_layers_setting_replans_only_that_layer(finished_run):
     r = snakemake(finished_run, TINY, "--dry-run")
     assert "Nothing to be done" in r.stdout + r.stderr
     r = snakemake(finished_run, {**TINY, "overrides": {"block3": {"k": 4}}}, "--dry-run")
     assert r.returncode == 0, r.stderr[-3000:]
     assert planned(r.stdout) == {("topk", "block3"), ("patches", "block3"), ("grids", "block3"),
-                                 ("all", "")}
+                                 ("gallery", ""), ("all", "")}
     r = snakemake(finished_run, {**TINY, "overrides": {"stem": {"units": [0, 1, 2, 3]}}}, "--dry-run")
     assert planned(r.stdout) == {("grids", "stem"), ("all", "")}
     r = snakemake(finished_run, {**TINY, "overrides": {"stem": {"distinct": "group"}}}, "--dry-run")
-    assert planned(r.stdout) == {("topk", "stem"), ("patches", "stem"), ("grids", "stem"), ("all", "")}
+    assert planned(r.stdout) == {("topk", "stem"), ("patches", "stem"), ("grids", "stem"),
+                                 ("gallery", ""), ("all", "")}
 
 
 def test_one_layers_figure_builds_that_layers_chain_only(tmp_path):

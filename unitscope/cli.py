@@ -139,7 +139,52 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figure", default="patches", choices=["patches", "projections", "both"])
     s.add_argument("--out", required=True)
     s.add_argument("--unit-dir", required=True)
+    s = sub.add_parser("gallery", help="the browsable static site of one results/D/M folder")
+    s.add_argument("--results", required=True, help="results/D/M")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--inputs", nargs="+", required=True)
+    s.add_argument("--shards", type=int)
+    s.add_argument("--title", default="")
+    s.add_argument("--out", required=True)
+
+    s = sub.add_parser("show", help="print one unit's top-k rows and the path of its figure")
+    s.add_argument("--results", default=None, help="results/D/M (default: the only one there is)")
+    s.add_argument("--layer", required=True)
+    s.add_argument("--unit", type=int, required=True)
     return p
+
+
+def show(results: str | None, layer: str, unit: int) -> str:
+    """The text `python -m unitscope show` prints."""
+    import glob
+
+    import pandas as pd
+
+    if results is None:
+        found = sorted({os.path.dirname(os.path.dirname(p)) for p in
+                        glob.glob(f"results/*/*/topk/{glob.escape(layer)}.parquet")})
+        if len(found) != 1:
+            raise ValueError(f"{len(found)} results folders have layer {layer!r}"
+                             + (f" ({', '.join(found)})" if found else "") + "; give --results")
+        results = found[0]
+    path = os.path.join(results, "topk", f"{layer}.parquet")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    top = pd.read_parquet(path)
+    rows = top[top["unit"] == unit]
+    if rows.empty:
+        raise ValueError(f"layer {layer} has units 0..{top['unit'].max()}, not {unit}")
+    manifest = pd.read_parquet(os.path.join(os.path.dirname(results), "manifest.parquet"))
+    rows = rows.merge(manifest[["image_id", "label", "path"]], on="image_id", how="left")
+    lines = [f"{layer} unit {unit}: top {len(rows)} images"]
+    for r in rows.itertuples():
+        lines.append(f"  #{r.rank}  image {r.image_id:<6} activation {r.activation:<10.4g} "
+                     f"box y {r.y0}..{r.y1} x {r.x0}..{r.x1}  label {r.label}  {r.path}")
+    for fig in (os.path.join(results, "grids", layer, f"unit-{unit:04d}.png"),
+                os.path.join(results, "gallery", layer, f"unit-{unit:04d}.html")):
+        lines.append(("figure: " if fig.endswith(".png") else "gallery: ") + fig
+                     + ("" if os.path.exists(fig) else " (not made: the unit is not shown)"))
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -206,6 +251,13 @@ def run(args: argparse.Namespace) -> None:
         units = select_units(pd.read_parquet(args.units_table), args.units, args.pick, args.seed)
         write_projections(args.topk, shard_files(args.inputs, args.shards), args.out, model,
                           module, spec.mean, spec.std, units, args.method, args.patch_max_px)
+    elif args.stage == "gallery":
+        from .gallery import build_gallery
+
+        build_gallery(args.results, args.manifest, shard_files(args.inputs, args.shards), args.out,
+                      args.title)
+    elif args.stage == "show":
+        print(show(args.results, args.layer, args.unit))
     elif args.stage == "grids":
         from .grids import draw_grids
 

@@ -20,6 +20,7 @@ STAGE_MODULES: dict[str, list[str]] = {
     "topk": ["unitscope.topk", "unitscope.unit_stats", "unitscope.geometry"],
     "patches": ["unitscope.patches"],
     "grids": ["unitscope.grids", "unitscope.patches"],
+    "gallery": ["unitscope.gallery"],
     "projections": ["unitscope.projections", "unitscope.patches", *MODEL_MODULES],
 }
 

@@ -125,5 +125,23 @@ def layer_activations(wildcards):
     return [activations_path(wildcards.layer, s) for s in SHARDS]
 
 
+def report_labels(wildcards):
+    """The report's labels of a layer figure, read when the report is made (the layer table
+    exists by then): layer, its receptive-field size, k and how units were picked."""
+    import pandas as pd
+
+    table = pd.read_parquet(f"{RES}/layers.parquet").set_index("layer")
+    row = table.loc[wildcards.layer]
+    return {"layer": wildcards.layer, "RF": f"{row.rf_size}x{row.rf_size_x} px",
+            "units": f"{units_arg(wildcards.layer).rstrip(',')} ({setting(wildcards.layer, 'pick')})",
+            "k": str(setting(wildcards.layer, "k"))}
+
+
+def gallery_projections():
+    """The projections the gallery shows (those the figures need)."""
+    return [f"{RES}/projections/{layer}.h5" for layer in LAYERS if figure_of(layer) != "patches"]
+
+
 def all_outputs():
-    return [f"{RES}/grids/{layer}.png" for layer in LAYERS] + [f"{RES}/layers.parquet"]
+    return ([f"{RES}/grids/{layer}.png" for layer in LAYERS]
+            + [f"{RES}/layers.parquet", f"{RES}/gallery"])

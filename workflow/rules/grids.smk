@@ -6,7 +6,7 @@ rule grids:
             f"{RES}/grids/{{layer}}.png",
             caption="../report/grid.rst",
             category="Layer figures",
-            labels={"layer": "{layer}"},
+            labels=report_labels,
         ),
         unit_dir=directory(f"{RES}/grids/{{layer}}"),
     log:
