@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 CORES ?= all
 
-.PHONY: run test setup clean report browser
+.PHONY: run test setup clean report browser test-slurm
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ browser:
 
 test: setup browser
 	$(BIN)/python -m pytest -q tests
+
+# A one-node SLURM on 127.0.0.1 runs the tiny pipeline through profiles/slurm (root, ~3 minutes).
+test-slurm: setup
+	bash tests/cluster/run.sh
 
 clean:
 	rm -rf results .snakemake

@@ -19,6 +19,8 @@ rule activations:
         precision=config["precision"],
         code=stage_fingerprint("activations"),
     threads: 2
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,  # on SLURM: sbatch --gpus=1
     conda:
         "../../envs/unitscope.yaml"
     shell:
