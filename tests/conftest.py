@@ -36,6 +36,18 @@ class RedSpotNet(nn.Module):
 
 
 @pytest.fixture
+def server(tmp_path):
+    """A test HTTP server on 127.0.0.1 serving tmp_path/served (see http_fixture.py)."""
+    from http_fixture import LocalServer
+
+    root = tmp_path / "served"
+    root.mkdir()
+    srv = LocalServer(root)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
 def red_spot_net():
     return RedSpotNet().eval()
 

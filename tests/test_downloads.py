@@ -10,18 +10,8 @@ import zipfile
 
 import pytest
 
-from http_fixture import LocalServer
 from unitscope.datasets.download import DownloadError, download
 from unitscope.datasets.extract import UnsafeArchive, safe_extract
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    srv = LocalServer(root)
-    yield srv
-    srv.stop()
 
 
 def payload(n=300_000) -> bytes:

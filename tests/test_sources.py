@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from http_fixture import LocalServer
 from unitscope.datasets.index import index_images
 from unitscope.datasets.sources import WORDNET, candidates, default_id
 
@@ -43,15 +42,6 @@ def mini_imagenette(path, per_class=3, corrupt=True):
             add(t, f"imagenette2-160/val/{IMAGENETTE[0]}/broken.JPEG", jpeg(1)[:200])
         add(t, "imagenette2-160/noisy_imagenette.csv", b"path,noisy_labels_0\n")
     return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    srv = LocalServer(root)
-    yield srv
-    srv.stop()
 
 
 def test_imagenette_is_fetched_checked_extracted_and_labelled(tmp_path, server):

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .inputs import input_locations
+from .inputs import InputImages
 from .progress import Progress
 
 log = logging.getLogger("unitscope")
@@ -75,20 +75,13 @@ def _write_jpegs(h5_path: Path, folder: Path, prefix: str) -> dict[tuple[int, in
 
 
 def _write_inputs(image_ids: set[int], input_paths: list[str], folder: Path) -> None:
+    """Each input image the pages show, once."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    where = input_locations(input_paths)
-    files: dict[str, h5py.File] = {}
-    try:
-        for image_id in sorted(image_ids, key=lambda i: where[i]):
-            path, row = where[image_id]
-            files.setdefault(path, h5py.File(path, "r"))
-            Image.fromarray(files[path]["images"][row]).save(folder / f"{image_id:07d}.jpg",
-                                                              quality=90)
-    finally:
-        for f in files.values():
-            f.close()
+    with InputImages(input_paths) as images:
+        for image_id in images.in_storage_order(image_ids):
+            Image.fromarray(images[image_id]).save(folder / f"{image_id:07d}.jpg", quality=90)
 
 
 def _box_style(row, size: int) -> str:

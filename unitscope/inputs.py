@@ -103,6 +103,35 @@ def write_inputs(manifest_path: str | os.PathLike, out_path: str | os.PathLike, 
     return len(rows)
 
 
+class InputImages:
+    """The images of an inputs store by image_id, across its shard files (each opened once).
+    Use as a context manager; `in_storage_order` sorts ids for sequential reads."""
+
+    def __init__(self, input_paths: list[str | os.PathLike]):
+        self.where = input_locations([str(p) for p in input_paths])
+        self._files: dict[str, h5py.File] = {}
+
+    def __enter__(self) -> "InputImages":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def __contains__(self, image_id: int) -> bool:
+        return int(image_id) in self.where
+
+    def __getitem__(self, image_id: int) -> np.ndarray:
+        path, row = self.where[int(image_id)]
+        if path not in self._files:
+            self._files[path] = h5py.File(path, "r")
+        return self._files[path]["images"][row]
+
+    def in_storage_order(self, image_ids) -> list[int]:
+        return sorted((int(i) for i in image_ids), key=lambda i: self.where[i])
+
+
 def input_locations(input_paths: list[str]) -> dict[int, tuple[str, int]]:
     """image_id -> (shard file, row) over a set of input shards."""
     where = {}

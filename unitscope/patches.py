@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .inputs import input_locations
+from .inputs import InputImages
 from .progress import Progress
 
 log = logging.getLogger("unitscope")
@@ -71,61 +71,59 @@ def stored_size(rf_size: tuple[int, int], patch_max_px: int) -> tuple[tuple[int,
     return (max(1, round(h * scale)), max(1, round(w * scale))), scale
 
 
-def _encode(patch: np.ndarray) -> np.ndarray:
+def encode_jpeg(image: np.ndarray) -> np.ndarray:
+    """An RGB uint8 image as JPEG bytes: quality 95, no chroma subsampling (small patches keep
+    their colours)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(patch).save(buf, format="JPEG", quality=95, subsampling=0)
+    Image.fromarray(image).save(buf, format="JPEG", quality=95, subsampling=0)
     return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+def write_entries(f: h5py.File, table: pd.DataFrame, boxes: np.ndarray,
+                  jpegs: list[np.ndarray]) -> None:
+    """The datasets patches and projections files share: unit, rank, image_id, box, jpeg."""
+    jpeg = f.create_dataset("jpeg", (len(table),), dtype=h5py.vlen_dtype(np.uint8))
+    for i, data in enumerate(jpegs):
+        jpeg[i] = data
+    for name in ("unit", "rank", "image_id"):
+        f.create_dataset(name, data=table[name].to_numpy(np.int64))
+    f.create_dataset("box", data=boxes)
 
 
 def cut_patches(topk_path: str | os.PathLike, input_paths: list[str | os.PathLike],
                 out_path: str | os.PathLike, patch_max_px: int = 128) -> int:
     """Write the patches file for one layer's top-k table; returns the number of patches."""
-    from PIL import Image
-
     if patch_max_px < 1:
         raise ValueError(f"patch_max_px must be at least 1, got {patch_max_px}")
     table = pd.read_parquet(topk_path)
     boxes = table[["y0", "x0", "y1", "x1"]].to_numpy(np.int64)
     rf = (int(boxes[0, 2] - boxes[0, 0]), int(boxes[0, 3] - boxes[0, 1])) if len(table) else (1, 1)
     (sh, sw), scale = stored_size(rf, patch_max_px)
-    where = input_locations([str(p) for p in input_paths])
-    missing = sorted(set(table["image_id"]) - set(where))
-    if missing:
-        raise ValueError(f"image_ids {missing[:5]} of {topk_path} are in no inputs shard")
     progress = Progress(len(table), f"patches {table['layer'].iat[0] if len(table) else ''}",
                         unit="patches")
-    jpegs = [None] * len(table)
+    jpegs: list[np.ndarray] = [np.zeros(0, np.uint8)] * len(table)
+    masks = np.zeros((len(table), sh, sw), dtype=bool)
+    with InputImages(input_paths) as images:
+        missing = sorted(set(int(i) for i in table["image_id"]) - set(images.where))
+        if missing:
+            raise ValueError(f"image_ids {missing[:5]} of {topk_path} are in no inputs shard")
+        by_image = table.groupby("image_id").indices
+        for image_id in images.in_storage_order(by_image):  # one read per image, in order
+            image = images[image_id]
+            for i in by_image[image_id]:
+                if scale < 1.0:
+                    patch, mask = crop_box_scaled(image, tuple(boxes[i]), (sh, sw))
+                else:
+                    patch, mask = crop_box(image, tuple(boxes[i]))
+                jpegs[i] = encode_jpeg(patch)
+                masks[i] = mask
+                progress.update(1)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
-        masks = f.create_dataset("mask", (len(table), sh, sw), dtype=bool, compression="gzip",
-                                 chunks=(1, sh, sw) if len(table) else None)
-        files: dict[str, h5py.File] = {}
-        try:
-            # one read per image, in storage order
-            by_image = table.groupby("image_id").indices
-            for image_id in sorted(by_image, key=lambda i: where[i]):
-                path, row = where[image_id]
-                if path not in files:
-                    files[path] = h5py.File(path, "r")
-                image = files[path]["images"][row]
-                for i in by_image[image_id]:
-                    if scale < 1.0:
-                        patch, mask = crop_box_scaled(image, tuple(boxes[i]), (sh, sw))
-                    else:
-                        patch, mask = crop_box(image, tuple(boxes[i]))
-                    jpegs[i] = _encode(patch)
-                    masks[i] = mask
-                    progress.update(1)
-        finally:
-            for fh in files.values():
-                fh.close()
-        jpeg = f.create_dataset("jpeg", (len(table),), dtype=h5py.vlen_dtype(np.uint8))
-        for i, data in enumerate(jpegs):
-            jpeg[i] = data
-        for name in ("unit", "rank", "image_id"):
-            f.create_dataset(name, data=table[name].to_numpy(np.int64))
-        f.create_dataset("box", data=boxes)
+        write_entries(f, table, boxes, jpegs)
+        f.create_dataset("mask", data=masks, compression="gzip",
+                         chunks=(1, sh, sw) if len(table) else None)
         f.attrs.update(rf_size=rf, size=(sh, sw), scale=scale, patch_max_px=patch_max_px,
                        layer=str(table["layer"].iat[0]) if len(table) else "")
     log.info("patches: %d at %d×%d px (true RF %d×%d, scale %.3f)", len(table), sh, sw, *rf, scale)

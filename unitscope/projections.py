@@ -19,8 +19,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .atomic import atomic_path
-from .inputs import input_locations
-from .patches import GRAY, crop_box, stored_size
+from .inputs import InputImages
+from .patches import GRAY, crop_box, encode_jpeg, stored_size, write_entries
 from .progress import Progress
 
 log = logging.getLogger("unitscope")
@@ -182,51 +182,33 @@ def write_projections(topk_path: str | os.PathLike, input_paths: list[str | os.P
     like the patches: `unit`, `rank`, `image_id`, `box`, `jpeg` (display-normalised), `scale`
     (max |value| of each projection: display 255 means +scale, 1 means -scale)."""
     from PIL import Image
-    import io
 
     table = pd.read_parquet(topk_path)
     table = table[table["unit"].isin(units)].reset_index(drop=True)
     boxes = table[["y0", "x0", "y1", "x1"]].to_numpy(np.int64)
     rf = (int(boxes[0, 2] - boxes[0, 0]), int(boxes[0, 3] - boxes[0, 1])) if len(table) else (1, 1)
     (sh, sw), shrink = stored_size(rf, patch_max_px)
-    where = input_locations([str(p) for p in input_paths])
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     progress = Progress(len(table), f"projections ({method})", unit="patches")
     jpegs, scales = [], []
-    files: dict[str, h5py.File] = {}
-    try:
+    with InputImages(input_paths) as images:
         for s in range(0, len(table), batch_size):
             rows = table.iloc[s:s + batch_size]
-            imgs = []
-            for image_id in rows["image_id"]:
-                path, row = where[int(image_id)]
-                files.setdefault(path, h5py.File(path, "r"))
-                imgs.append(files[path]["images"][row])
-            x = (torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() - mean_t) / std_t
+            batch = np.stack([images[i] for i in rows["image_id"]])
+            x = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - mean_t) / std_t
             proj = project(model, module, x, rows["unit"].to_numpy(), rows["y"].to_numpy(),
                            rows["x"].to_numpy(), method).permute(0, 2, 3, 1).numpy()
             for i, p in enumerate(proj):
-                y0, x0, y1, x1 = boxes[s + i]
-                crop, _ = crop_box(p, (y0, x0, y1, x1), fill=0.0)
+                crop, _ = crop_box(p, tuple(boxes[s + i]), fill=0.0)
                 img, scale = to_display(crop)
                 if shrink < 1.0:
                     img = np.asarray(Image.fromarray(img).resize((sw, sh), Image.LANCZOS))
-                buf = io.BytesIO()
-                Image.fromarray(img).save(buf, format="JPEG", quality=95, subsampling=0)
-                jpegs.append(np.frombuffer(buf.getvalue(), np.uint8))
+                jpegs.append(encode_jpeg(img))
                 scales.append(scale)
             progress.update(len(rows))
-    finally:
-        for f in files.values():
-            f.close()
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
-        data = f.create_dataset("jpeg", (len(table),), dtype=h5py.vlen_dtype(np.uint8))
-        for i, d in enumerate(jpegs):
-            data[i] = d
-        for name in ("unit", "rank", "image_id"):
-            f.create_dataset(name, data=table[name].to_numpy(np.int64))
-        f.create_dataset("box", data=boxes)
+        write_entries(f, table, boxes, jpegs)
         f.create_dataset("scale", data=np.asarray(scales, np.float32))
         f.attrs.update(method=method, rf_size=rf, size=(sh, sw), shrink=shrink)
     return len(table)
