@@ -22,6 +22,7 @@ from .atomic import atomic_path
 from .inputs import InputImages
 from .patches import GRAY, crop_box, encode_jpeg, stored_size, write_entries
 from .progress import Progress
+from .receptive_field import call_arg
 
 log = logging.getLogger("unitscope")
 
@@ -86,7 +87,7 @@ class _Projecting(TorchFunctionMode):
             return rule.apply(args[0])
         if name in ("hardtanh", "hardtanh_", "relu6") and self.method == "guided_backprop":
             x = args[0]
-            lo, hi = _arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0)
+            lo, hi = call_arg(args, kwargs, 1, "min_val", -1.0), call_arg(args, kwargs, 2, "max_val", 1.0)
             if name == "relu6":
                 lo, hi = 0.0, 6.0
             return _GuidedClamp.apply(x, lo, hi)
@@ -99,10 +100,6 @@ class _Projecting(TorchFunctionMode):
                                               for a in args):
                 self.foreign.add(name)
         return func(*args, **kwargs)
-
-
-def _arg(args, kwargs, i, name, default):
-    return args[i] if len(args) > i else kwargs.get(name, default)
 
 
 class _GuidedClamp(torch.autograd.Function):

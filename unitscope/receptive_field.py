@@ -2,9 +2,11 @@
 
 `analytic_receptive_fields` follows a real forward pass op by op (a TorchFunctionMode sees every
 conv, pool, pad, add, cat, ...) and carries (size, stride, start) per axis through it; where
-branches meet the field is the union over the paths. `probe_receptive_field` back-propagates from
-one unit of a linearised copy of the network with all-positive weights and reads off the input
-pixels with non-zero gradient. Tests hold the two against each other.
+branches meet the field is the union over the paths. The gradient probe back-propagates from one
+position of the layer with the network made linear and positive (every convolution an all-ones
+kernel of the same geometry, max-pool an average, activations and norms the identity) and reads
+off the input pixels with non-zero gradient. `check_against_probe` holds the two against each
+other; `probe_receptive_field` is the answer for layers the walk cannot follow.
 
 Coordinates are pixel edges: pixel i spans [i, i+1). A unit at feature position p along an axis
 sees input pixels [start + stride·p, start + stride·p + size); its centre is offset + stride·p
@@ -30,7 +32,8 @@ class _Unknown:
         self.reason = reason
 
 
-def _arg(args: Sequence, kwargs: dict, index: int, name: str, default=None):
+def call_arg(args: Sequence, kwargs: dict, index: int, name: str, default=None):
+    """An argument of an intercepted torch call, given by position or by name."""
     if len(args) > index:
         return args[index]
     return kwargs.get(name, default)
@@ -52,7 +55,8 @@ def _tensors(obj) -> list[torch.Tensor]:
     return []
 
 
-def _window(rf: ReceptiveField, kernel, stride, padding, dilation, shape) -> ReceptiveField:
+def _window(rf: ReceptiveField, kernel, stride, padding, dilation) -> ReceptiveField:
+    """The field after a conv or pool window given PyTorch's arguments."""
     kh, kw = _pair(kernel)
     sh, sw = _pair(stride if stride not in (None, [], ()) else kernel)
     dh, dw = _pair(dilation if dilation is not None else 1)
@@ -101,24 +105,24 @@ class _FieldTracker(TorchFunctionMode):
                 raise UnknownReceptiveField(f.reason)
         src = ins[0]
         if name in ("conv2d", "convolution") and src is args[0]:
-            weight = _arg(args, kwargs, 1, "weight")
-            if name == "convolution" and _arg(args, kwargs, 6, "transposed", False):
+            weight = call_arg(args, kwargs, 1, "weight")
+            if name == "convolution" and call_arg(args, kwargs, 6, "transposed", False):
                 raise UnknownReceptiveField("transposed convolution")
-            return _window(fields[0], tuple(weight.shape[-2:]), _arg(args, kwargs, 3, "stride", 1),
-                           _arg(args, kwargs, 4, "padding", 0),
-                           _arg(args, kwargs, 5, "dilation", 1), src.shape)
+            return _window(fields[0], tuple(weight.shape[-2:]), call_arg(args, kwargs, 3, "stride", 1),
+                           call_arg(args, kwargs, 4, "padding", 0),
+                           call_arg(args, kwargs, 5, "dilation", 1))
         if name in ("max_pool2d", "max_pool2d_with_indices"):
-            kernel = _arg(args, kwargs, 1, "kernel_size")
-            return _window(fields[0], kernel, _arg(args, kwargs, 2, "stride", None),
-                           _arg(args, kwargs, 3, "padding", 0),
-                           _arg(args, kwargs, 4, "dilation", 1), src.shape)
+            kernel = call_arg(args, kwargs, 1, "kernel_size")
+            return _window(fields[0], kernel, call_arg(args, kwargs, 2, "stride", None),
+                           call_arg(args, kwargs, 3, "padding", 0),
+                           call_arg(args, kwargs, 4, "dilation", 1))
         if name == "avg_pool2d":
-            kernel = _arg(args, kwargs, 1, "kernel_size")
-            return _window(fields[0], kernel, _arg(args, kwargs, 2, "stride", None),
-                           _arg(args, kwargs, 3, "padding", 0), 1, src.shape)
+            kernel = call_arg(args, kwargs, 1, "kernel_size")
+            return _window(fields[0], kernel, call_arg(args, kwargs, 2, "stride", None),
+                           call_arg(args, kwargs, 3, "padding", 0), 1)
         if name == "pad":
-            pad = list(_arg(args, kwargs, 1, "pad"))
-            mode = _arg(args, kwargs, 2, "mode", "constant")
+            pad = list(call_arg(args, kwargs, 1, "pad"))
+            mode = call_arg(args, kwargs, 2, "mode", "constant")
             if mode not in ("constant", None) and any(pad[:4]):
                 # reflect/replicate padding copies interior pixels: the window still starts
                 # `before` pixels earlier, but those pixels come from inside the image.
@@ -195,20 +199,20 @@ class _PositiveLinear(TorchFunctionMode):
         if name in self._IDENTITY:
             return args[0] if args else kwargs["input"]
         if name == "conv2d":
-            x, weight = args[0], _arg(args, kwargs, 1, "weight")
+            x, weight = args[0], call_arg(args, kwargs, 1, "weight")
             ones = torch.ones(1, x.shape[1], *weight.shape[-2:], dtype=x.dtype)
-            return F.conv2d(x, ones / ones.numel(), None, _arg(args, kwargs, 3, "stride", 1),
-                            _arg(args, kwargs, 4, "padding", 0),
-                            _arg(args, kwargs, 5, "dilation", 1))
+            return F.conv2d(x, ones / ones.numel(), None, call_arg(args, kwargs, 3, "stride", 1),
+                            call_arg(args, kwargs, 4, "padding", 0),
+                            call_arg(args, kwargs, 5, "dilation", 1))
         if name in ("max_pool2d", "max_pool2d_with_indices"):
-            kernel = _arg(args, kwargs, 1, "kernel_size")
-            stride = _arg(args, kwargs, 2, "stride", None) or kernel
-            dilation = _pair(_arg(args, kwargs, 4, "dilation", 1))
+            kernel = call_arg(args, kwargs, 1, "kernel_size")
+            stride = call_arg(args, kwargs, 2, "stride", None) or kernel
+            dilation = _pair(call_arg(args, kwargs, 4, "dilation", 1))
             if dilation != (1, 1):
                 raise UnknownReceptiveField("dilated max-pool has no probe")
-            out = F.avg_pool2d(args[0], kernel, stride, _arg(args, kwargs, 3, "padding", 0),
-                               _arg(args, kwargs, 5, "ceil_mode", False), True)
-            return (out, None) if _arg(args, kwargs, 6, "return_indices", False) else out
+            out = F.avg_pool2d(args[0], kernel, stride, call_arg(args, kwargs, 3, "padding", 0),
+                               call_arg(args, kwargs, 5, "ceil_mode", False), True)
+            return (out, None) if call_arg(args, kwargs, 6, "return_indices", False) else out
         return func(*args, **kwargs)
 
 
