@@ -77,6 +77,7 @@ def test_gallery_links_images_sorting_and_escaping_in_chromium(tmp_path):
         dialogs = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         seen, todo, broken_links, broken_images = set(), [index.as_uri()], [], []
+        linked_files = set()
         while todo:
             url = todo.pop()
             if url in seen:
@@ -95,8 +96,11 @@ def test_gallery_links_images_sorting_and_escaping_in_chromium(tmp_path):
                     broken_links.append((url, href))
                 elif target.suffix == ".html":
                     todo.append(href)
+                else:
+                    linked_files.add(target.name)
         assert len(seen) == 1 + 1 + 512  # index, the layer page, every unit page
         assert broken_links == [] and broken_images == []
+        assert len(linked_files) == 6  # every unit page links to its source images
         # the 512-unit layer page renders every thumbnail and sorts by max activation
         page.goto((res / "gallery/conv/index.html").as_uri())
         assert page.locator("#units > a").count() == 512

@@ -33,7 +33,7 @@ th:first-child,td:first-child{text-align:left}
 .units img{width:64px;height:64px;image-rendering:pixelated;display:block;background:#ddd}
 .entries{display:flex;flex-wrap:wrap;gap:14px}.entry{background:#fff;padding:8px;border:1px solid #ddd;font-size:12px;width:250px}
 .entry .tiles img{width:96px;height:96px;image-rendering:pixelated;margin-right:4px}
-.frame{position:relative;width:224px;height:224px;overflow:hidden;margin-top:6px}
+.frame{display:block;position:relative;width:224px;height:224px;overflow:hidden;margin-top:6px}
 .frame img{width:224px;height:224px;display:block}.box{position:absolute;border:2px solid #f33;box-sizing:border-box}
 .stats td{font-family:monospace}nav{margin-bottom:1em}
 """
@@ -154,8 +154,9 @@ def _layer_pages(folder: Path, L: str, layer, top: pd.DataFrame, units: pd.DataF
                 f"label: <span class=label>{e(meta['label'])}</span><br>"
                 f"image {int(r.image_id)}: <span class=path>{e(os.path.basename(str(meta['path'])))}</span><br>"
                 f"box y {r.y0}..{r.y1}, x {r.x0}..{r.x1}"
-                f"<div class=frame><img src='../inputs/{int(r.image_id):07d}.jpg' alt='input image'>"
-                f"<div class=box style='{_box_style(r, size)}'></div></div></div>")
+                f"<a class=frame href='../inputs/{int(r.image_id):07d}.jpg' title='the input image'>"
+                f"<img src='../inputs/{int(r.image_id):07d}.jpg' alt='input image'>"
+                f"<div class=box style='{_box_style(r, size)}'></div></a></div>")
         stats = "".join(f"<tr><td>{k}</td><td>{getattr(s, k):.4g}</td></tr>"
                         for k in ("max", "mean", "q50", "q90", "q99", "frac_active"))
         prev_u = unit_ids[i - 1] if i > 0 else None
