@@ -289,18 +289,26 @@ def table(res: dict) -> str:
     lines = ["| figure | measured | target | met |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {'yes' if d else 'NO'} |" for a, b, c, d in rows]
     stages = ", ".join(f"{k} {e2e['4x']['stage_s'][k]:.1f}" for k in
-                       ("dataset", "inputs", "layers", "activations", "topk", "patches", "grids")
-                       if k in e2e["4x"]["stage_s"])
+                       ("dataset", "inputs", "layers", "activations", "topk", "patches",
+                        "projections", "grids", "gallery") if k in e2e["4x"]["stage_s"])
     lines.append("")
     lines.append(f"Stage times at {4 * e2e['1x']['images']} images (s, summed over jobs): {stages}")
     return "\n".join(lines)
+
+
+def print_table(path: str) -> None:
+    """Print the table of an earlier run's JSON."""
+    print(table(json.loads(Path(path).read_text())))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes (checks the script, not the targets)")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "latest.json"))
+    p.add_argument("--table", metavar="JSON", help="only print the table of an earlier run")
     args = p.parse_args()
+    if args.table:
+        return print_table(args.table)
     q = args.quick
     res = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                        "platform": platform.platform()},

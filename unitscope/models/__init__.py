@@ -1,6 +1,6 @@
 """The models: one table of what each built-in needs (architecture, weights, preprocessing, layer
 aliases, channels), and the same description for a user's own model given as
-`python:package.module:factory` or `torchscript:path/to/model.pt`. Importing this module imports
+`python:package.module:factory`. Importing this module imports
 no torch, so the workflow can check layer names quickly."""
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ class ModelSpec:
     channels: dict[str, int] = field(default_factory=dict)  # alias -> output channels (units)
     weights_url: str | None = None      # published ImageNet state_dict (sha256 prefix in its name)
     packaged_weights: str | None = None  # "module:function" giving the path of shipped weights
-    torchscript: str | None = None      # path of a TorchScript file (the architecture and weights)
     deconvnet: bool = False             # only conv/ReLU/max-pool/LRN: Zeiler & Fergus's deconvnet applies
 
 
@@ -103,8 +102,8 @@ MODELS: dict[str, ModelSpec] = _builtins()
 
 def get_spec(name: str, input_size: int | None = None, resize_size: int | None = None,
              mean=None, std=None) -> ModelSpec:
-    """The spec of a built-in model, or of `python:pkg.module:factory` / `torchscript:file.pt`
-    (which need input_size, mean and std); later arguments override the built-in values."""
+    """The spec of a built-in model, or of `python:pkg.module:factory` (which needs input_size,
+    mean and std); later arguments override the built-in values."""
     if name in MODELS:
         spec = MODELS[name]
     elif name.startswith("python:"):
@@ -113,12 +112,12 @@ def get_spec(name: str, input_size: int | None = None, resize_size: int | None =
             raise ValueError(f"model {name!r}: expected python:package.module:factory")
         spec = ModelSpec(name=ref.split(":")[1], factory=ref)
     elif name.startswith("torchscript:"):
-        path = name[len("torchscript:"):]
-        spec = ModelSpec(name=os.path.splitext(os.path.basename(path))[0], factory="",
-                         torchscript=path)
+        raise ValueError("TorchScript models are not supported: a ScriptModule takes no forward "
+                         "hooks, so its layers cannot be recorded; give the model as "
+                         "python:package.module:factory (and weights: a state_dict path)")
     else:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}, "
-                         f"python:package.module:factory, torchscript:path/to/model.pt")
+                         f"python:package.module:factory")
     changes = {k: v for k, v in (("input_size", input_size), ("mean", mean), ("std", std)) if v}
     if resize_size or input_size:
         changes["resize_size"] = resize_size or round((input_size or spec.input_size) / 0.875)
@@ -168,8 +167,6 @@ def build_model(name: str, weights: str | None = "imagenet", spec: ModelSpec | N
     import torch
 
     spec = spec or get_spec(name)
-    if spec.torchscript:
-        return torch.jit.load(spec.torchscript, map_location="cpu").eval()
     model = _load(spec.factory)()
     if weights is not None:
         try:
