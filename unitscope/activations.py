@@ -108,7 +108,9 @@ def record_maxima(model: torch.nn.Module, modules: dict[str, str], mean, std,
     layers = list(modules)
     dev = pick_device(device)
     model = model.to(dev).eval()
-    if dev.type == "cpu":
+    if dev.type == "cpu" or precision != "fp32":
+        # NHWC convolutions: faster on the CPU here (bench/run.py), and what tensor cores want
+        # under bf16/fp16 autocast
         model = model.to(memory_format=torch.channels_last)
     mean = torch.tensor(mean, device=dev, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(std, device=dev, dtype=torch.float32).view(1, 3, 1, 1)
