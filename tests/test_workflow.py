@@ -106,7 +106,7 @@ def test_gallery_and_report_are_made(finished_run):
     with zipfile.ZipFile(finished_run / "report.zip") as z:
         names = z.namelist()
         html = z.read("report/report.html").decode()
-    assert sum(n.endswith((f"/stem.png", "/block3.png")) for n in names) == 2
+    assert sum(n.endswith(("/stem.png", "/block3.png")) for n in names) == 2
     assert '"RF": "35x35 px"' in html and "picked by" in html
 
 

@@ -20,5 +20,3 @@ class Candidate:
     label: str | None = None
     crop: tuple[int, int, int, int] | None = None
 
-
-SOURCES = ("sample", "folder")

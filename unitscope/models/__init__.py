@@ -164,8 +164,6 @@ def load_state_dict(spec: ModelSpec, weights: str):
 def build_model(name: str, weights: str | None = "imagenet", spec: ModelSpec | None = None):
     """The model in eval mode: `weights` is "imagenet", None (random), a URL or a state_dict path
     (see `load_state_dict`), loaded strictly."""
-    import torch
-
     spec = spec or get_spec(name)
     model = _load(spec.factory)()
     if weights is not None:
