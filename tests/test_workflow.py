@@ -207,3 +207,19 @@ def test_imagenette_runs_end_to_end_from_a_local_copy_of_its_archive(tmp_path):
     assert len(pd.read_parquet(res / "rejected.parquet")) == 1
     assert (tmp_path / "work/resources/imagenette2-160.tgz").exists()
     assert (res / "efficientnet_lite0/grids/stem.png").exists()
+
+
+def test_one_shard_and_seven_shards_give_identical_topk_tables(tmp_path):
+    """Through the whole chain (preprocessing, inference in batches, merge): shards of 1-2 images,
+    fewer than k, change nothing."""
+    config = {"dataset": {"name": "sample", "max_images": 12, "seed": 4}, "layers": ["block3"],
+              "k": 4, "projection": "none", "batch_size": 8, "device": "cpu"}
+    tables = []
+    for shards in (1, 7):
+        work = tmp_path / f"s{shards}"
+        work.mkdir()
+        r = snakemake(work, {**config, "shards": shards}, f"{RES}/topk/block3.parquet")
+        assert r.returncode == 0, r.stderr[-3000:]
+        tables.append(pd.read_parquet(work / RES / "topk/block3.parquet"))
+    assert len(list((tmp_path / "s7" / RES / "activations/block3").glob("shard-*.h5"))) == 7
+    pd.testing.assert_frame_equal(tables[0], tables[1])
