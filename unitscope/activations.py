@@ -21,6 +21,7 @@ log = logging.getLogger("unitscope")
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DATASETS = (("max", "float32"), ("argmax_y", "int32"), ("argmax_x", "int32"))  # per layer file
 
 
 class _Done(Exception):
@@ -152,8 +153,7 @@ def record_maxima(model: torch.nn.Module, modules: dict[str, str], mean, std,
             for f, layer in zip(outs, layers):
                 values, ys, xs = (t.cpu().numpy() for t in res[layer])
                 if s == 0:
-                    for name, dt in (("max", "float32"), ("argmax_y", "int32"),
-                                     ("argmax_x", "int32")):
+                    for name, dt in DATASETS:
                         f.create_dataset(name, (n, values.shape[1]), dtype=dt)
                 f["max"][s:s + len(values)] = values
                 f["argmax_y"][s:s + len(values)] = ys
@@ -161,7 +161,7 @@ def record_maxima(model: torch.nn.Module, modules: dict[str, str], mean, std,
             progress.update(len(batch))
         if n == 0:
             for f in outs:
-                for name, dt in (("max", "float32"), ("argmax_y", "int32"), ("argmax_x", "int32")):
+                for name, dt in DATASETS:
                     f.create_dataset(name, (0, 0), dtype=dt)
     return n
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .patches import read_index, read_patch
+from .patches import read_index, read_patches
 
 log = logging.getLogger("unitscope")
 
@@ -105,7 +105,7 @@ def unit_block(tile_sets: list[list[np.ndarray]], k: int, display_px: int, label
 
 def _tiles(path: str | os.PathLike, index: pd.DataFrame, unit: int) -> list[np.ndarray]:
     rows = index[index["unit"] == unit].sort_values("rank")
-    return [read_patch(path, i)[0] for i in rows.index]
+    return read_patches(path, rows.index)
 
 
 def draw_grids(patches_path: str | os.PathLike, units_path: str | os.PathLike,

@@ -33,11 +33,9 @@ def model_layer_table(model, modules: dict[str, str], input_size: tuple[int, int
     """The table for any model: `modules` maps layer name -> module path. The analytic field of
     every layer is checked against the gradient probe (unless `probe` is False); where the walk
     cannot follow a layer, the probe's answer is used."""
-    from .receptive_field import (analytic_receptive_fields, check_against_probe, feature_sizes,
-                                  probe_receptive_field)
+    from .receptive_field import check_against_probe, probe_receptive_field, trace_layers
 
-    shapes = feature_sizes(model, list(modules.values()), input_size)
-    fields = analytic_receptive_fields(model, list(modules.values()), input_size)
+    fields, shapes = trace_layers(model, list(modules.values()), input_size)  # one forward pass
     rows = []
     for layer, module in modules.items():
         c, h, w = shapes[module]

@@ -130,6 +130,16 @@ def cut_patches(topk_path: str | os.PathLike, input_paths: list[str | os.PathLik
     return len(table)
 
 
+def read_patches(path: str | os.PathLike, indices) -> list[np.ndarray]:
+    """The RGB images of several entries of a patches (or projections) file, one file open."""
+    from PIL import Image
+
+    with h5py.File(path, "r") as f:
+        data = f["jpeg"]
+        return [np.asarray(Image.open(io.BytesIO(data[i].tobytes())).convert("RGB"))
+                for i in indices]
+
+
 def read_patch(path: str | os.PathLike, index: int) -> tuple[np.ndarray, np.ndarray]:
     """(RGB h×w×3 uint8, mask h×w bool) of entry `index` of a patches file (or of a
     projections file, which has no mask: None)."""

@@ -150,9 +150,15 @@ class _FieldTracker(TorchFunctionMode):
 def analytic_receptive_fields(model: nn.Module, modules: Iterable[str],
                               input_size: tuple[int, int]) -> dict[str, ReceptiveField | str]:
     """Receptive field of the output of each named module, for an input of `input_size` (H, W).
+    A module whose field cannot be followed maps to a string saying why (use
+    `probe_receptive_field` for it)."""
+    return trace_layers(model, modules, input_size)[0]
 
-    Runs one forward pass of a 1×3×H×W zero image. A module whose field cannot be followed maps
-    to a string saying why (use `probe_receptive_field` for it)."""
+
+def trace_layers(model: nn.Module, modules: Iterable[str], input_size: tuple[int, int]
+                 ) -> tuple[dict[str, ReceptiveField | str], dict[str, tuple[int, ...]]]:
+    """One forward pass of a 1×3×H×W zero image: the analytic receptive field and the output
+    shape (C, H, W) of each named module."""
     wanted = list(modules)
     named = dict(model.named_modules())
     x = torch.zeros(1, 3, *input_size)
@@ -178,7 +184,8 @@ def analytic_receptive_fields(model: nn.Module, modules: Iterable[str],
             result[m] = f.reason
         else:
             result[m] = f
-    return result
+    shapes = {m: tuple(o.shape[1:]) for m, o in outputs.items() if isinstance(o, torch.Tensor)}
+    return result, shapes
 
 
 class _PositiveLinear(TorchFunctionMode):
