@@ -131,8 +131,3 @@ def test_own_python_model_with_module_path_layers(tmp_path):
     assert list(t["rf_size"]) == [3, 4] and list(t["channels"]) == [2, 2]
     with pytest.raises(ValueError, match="valid names: a module path: conv, relu, pool"):
         resolve_layers("python:conftest:RedSpotNet", ["conv9"], spec)
-
-
-def test_torchscript_is_refused_with_the_reason_and_the_alternative():
-    with pytest.raises(ValueError, match="ScriptModule takes no forward hooks.*python:package"):
-        get_spec("torchscript:model.pt")

@@ -37,7 +37,8 @@ def shard_files(paths: list[str], shards: int | None) -> list[str]:
 
 def _model_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--model", required=True,
-                   help="a built-in name, or python:package.module:factory")
+                   help="a built-in name, python:package.module:factory, or "
+                        "torchscript:path/to/model.pt")
     s.add_argument("--input-size", type=int, help="square input size (own models)")
     s.add_argument("--resize-size", type=int, help="shorter side before the centre crop")
     s.add_argument("--mean", type=float, nargs=3, help="per-channel mean, 0-255 scale")

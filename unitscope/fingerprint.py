@@ -8,7 +8,8 @@ import importlib.util
 from . import __version__
 
 MODEL_MODULES = ["unitscope.models", "unitscope.models.configs", "unitscope.models.classic",
-                 "unitscope.models.resnet", "unitscope.models.efficientnet_lite"]
+                 "unitscope.models.resnet", "unitscope.models.efficientnet_lite",
+                 "unitscope.models.torchscript"]
 # Which modules' code decides each stage's output.
 STAGE_MODULES: dict[str, list[str]] = {
     "dataset": ["unitscope.datasets", "unitscope.datasets.sample", "unitscope.datasets.index",

@@ -118,6 +118,12 @@ class _GuidedClamp(torch.autograd.Function):
         return grad.clamp(min=0) * ((x > ctx.lo) & (x < ctx.hi)), None, None
 
 
+TORCHSCRIPT_PROJECTION = (
+    "projections are not available for TorchScript models: both methods replace each ReLU's "
+    "backward pass, and a ScriptModule runs its ReLUs out of Python's reach; use projection: none "
+    "(or give the model as python:package.module:factory)")
+
+
 class DeconvnetUnsupported(ValueError):
     """The model has parts a deconvnet cannot invert."""
 
@@ -129,6 +135,10 @@ def project(model: torch.nn.Module, module: str, x: torch.Tensor, units, ys, xs,
     set to zero, that one kept at its value, passed back down. Returns B×3×H×W."""
     if method not in METHODS:
         raise ValueError(f"projection {method!r}; valid: none, {', '.join(METHODS)}")
+    from .models.torchscript import ScriptedModel
+
+    if isinstance(model, ScriptedModel):
+        raise ValueError(TORCHSCRIPT_PROJECTION)
     target = dict(model.named_modules())[module]
     captured = {}
 

@@ -21,8 +21,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .geometry import IDENTITY, AxisRF, ReceptiveField, UnknownReceptiveField, clipped
+from .models.torchscript import ScriptedModel
 
 
 class _Unknown:
@@ -40,9 +42,17 @@ def call_arg(args: Sequence, kwargs: dict, index: int, name: str, default=None):
 
 
 def _pair(v) -> tuple[int, int]:
+    """(height, width) of a kernel/stride/padding argument: an int, or a list whose last two
+    entries are the spatial ones (3-D pooling over channels × H × W)."""
     if isinstance(v, (list, tuple)):
-        return (int(v[0]), int(v[-1])) if len(v) else (None, None)
+        return (int(v[-2]), int(v[-1])) if len(v) > 1 else (int(v[0]), int(v[0])) if v else (None, None)
     return int(v), int(v)
+
+
+def _op_name(func) -> str:
+    """`conv2d` for torch.nn.functional.conv2d and for aten.conv2d.default alike."""
+    packet = getattr(func, "overloadpacket", None)
+    return getattr(packet or func, "__name__", str(func))
 
 
 def _tensors(obj) -> list[torch.Tensor]:
@@ -70,8 +80,9 @@ def _window(rf: ReceptiveField, kernel, stride, padding, dilation) -> ReceptiveF
     return ReceptiveField(rf.y.through(kh, sh, ph, dh), rf.x.through(kw, sw, pw, dw))
 
 
-class _FieldTracker(TorchFunctionMode):
-    """Runs the forward pass and records the receptive field of every 4-D tensor it makes."""
+class _FieldRules:
+    """Records the receptive field of every tensor with spatial last two axes (4-D feature maps,
+    and the 5-D views that cross-channel normalisation makes of them) from the ops that make it."""
 
     def __init__(self, x: torch.Tensor):
         super().__init__()
@@ -81,32 +92,30 @@ class _FieldTracker(TorchFunctionMode):
     def field(self, t: torch.Tensor):
         return self.fields.get(id(t))
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+    def _record(self, func, args, kwargs, out):
         ins = [t for t in _tensors(args) + _tensors(kwargs) if id(t) in self.fields]
-        outs = [t for t in _tensors(out) if t.dim() == 4]
+        outs = [t for t in _tensors(out) if t.dim() >= 4]
         if not ins or not outs:
             return out
+        name = _op_name(func)
         try:
-            rf = self._rule(func, args, kwargs, ins, outs[0])
+            rf = self._rule(name, args, kwargs, ins, outs[0])
         except UnknownReceptiveField as e:
-            rf = _Unknown(f"{getattr(func, '__name__', func)}: {e}")
+            rf = _Unknown(f"{name}: {e}")
         for t in outs:
             self.fields[id(t)] = rf
             self._keep.append(t)
         return out
 
-    def _rule(self, func, args, kwargs, ins, out):
-        name = getattr(func, "__name__", str(func))
+    def _rule(self, name, args, kwargs, ins, out):
         fields = [self.fields[id(t)] for t in ins]
         for f in fields:
             if isinstance(f, _Unknown):
                 raise UnknownReceptiveField(f.reason)
         src = ins[0]
-        if name in ("conv2d", "convolution") and src is args[0]:
+        if name in ("conv2d", "convolution", "_convolution") and src is args[0]:
             weight = call_arg(args, kwargs, 1, "weight")
-            if name == "convolution" and call_arg(args, kwargs, 6, "transposed", False):
+            if name != "conv2d" and call_arg(args, kwargs, 6, "transposed", False):
                 raise UnknownReceptiveField("transposed convolution")
             return _window(fields[0], tuple(weight.shape[-2:]), call_arg(args, kwargs, 3, "stride", 1),
                            call_arg(args, kwargs, 4, "padding", 0),
@@ -116,13 +125,14 @@ class _FieldTracker(TorchFunctionMode):
             return _window(fields[0], kernel, call_arg(args, kwargs, 2, "stride", None),
                            call_arg(args, kwargs, 3, "padding", 0),
                            call_arg(args, kwargs, 4, "dilation", 1))
-        if name == "avg_pool2d":
+        if name in ("avg_pool2d", "avg_pool3d"):
             kernel = call_arg(args, kwargs, 1, "kernel_size")
             return _window(fields[0], kernel, call_arg(args, kwargs, 2, "stride", None),
                            call_arg(args, kwargs, 3, "padding", 0), 1)
-        if name == "pad":
+        if name in ("pad", "constant_pad_nd"):
             pad = list(call_arg(args, kwargs, 1, "pad"))
-            mode = call_arg(args, kwargs, 2, "mode", "constant")
+            mode = "constant" if name == "constant_pad_nd" else call_arg(args, kwargs, 2, "mode",
+                                                                          "constant")
             if mode not in ("constant", None) and any(pad[:4]):
                 # reflect/replicate padding copies interior pixels: the window still starts
                 # `before` pixels earlier, but those pixels come from inside the image.
@@ -131,20 +141,37 @@ class _FieldTracker(TorchFunctionMode):
             top, bottom = (pad + [0, 0, 0, 0])[2:4]
             rf = fields[0]
             return ReceptiveField(rf.y.through(1, 1, top), rf.x.through(1, 1, left))
-        if name.startswith("adaptive_") or name == "interpolate" or name.startswith("upsample"):
+        if name.startswith(("adaptive_", "_adaptive_", "upsample", "reflection_pad",
+                            "replication_pad")) or name == "interpolate":
             if out.shape[-2:] == (1, 1):
                 raise UnknownReceptiveField("global pooling (the whole input)")
             raise UnknownReceptiveField(name)
         # Everything else must keep the spatial grid (elementwise ops, norms, activations,
         # channel concat, in-place updates); the field is the union over its inputs.
-        same = [t for t in ins if t.dim() == 4 and t.shape[-2:] == out.shape[-2:]]
-        if len(same) != len([t for t in ins if t.dim() == 4]) or not same:
+        same = [t for t in ins if t.shape[-2:] == out.shape[-2:]]
+        if len(same) != len(ins):
             raise UnknownReceptiveField(f"{name} changes the spatial size "
                                         f"{tuple(src.shape[-2:])} -> {tuple(out.shape[-2:])}")
         rf = self.fields[id(same[0])]
         for t in same[1:]:
             rf = rf.union(self.fields[id(t)])
         return rf
+
+
+class _FieldTracker(_FieldRules, TorchFunctionMode):
+    """The field rules over torch functions (F.conv2d, F.max_pool2d, ...) of a Python model."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        return self._record(func, args, kwargs, func(*args, **kwargs))
+
+
+class _AtenFieldTracker(_FieldRules, TorchDispatchMode):
+    """The field rules over ATen ops, which a TorchScript model runs out of Python's sight."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        return self._record(func, args, kwargs, func(*args, **kwargs))
 
 
 def analytic_receptive_fields(model: nn.Module, modules: Iterable[str],
@@ -165,7 +192,7 @@ def trace_layers(model: nn.Module, modules: Iterable[str], input_size: tuple[int
     outputs: dict[str, torch.Tensor] = {}
     handles = [named[m].register_forward_hook(
         lambda mod, inp, out, m=m: outputs.update({m: out})) for m in wanted]
-    tracker = _FieldTracker(x)
+    tracker = (_AtenFieldTracker if isinstance(model, ScriptedModel) else _FieldTracker)(x)
     try:
         with torch.inference_mode(), tracker:
             model(x)
@@ -243,7 +270,7 @@ def probe_boxes(model: nn.Module, module: str, input_size: tuple[int, int],
         x = torch.ones(len(positions), 3, *input_size, dtype=torch.float64, requires_grad=True)
         handle = dict(net.named_modules())[module].register_forward_hook(stop)
         try:
-            with _PositiveLinear():
+            with net.positive_linear() if isinstance(net, ScriptedModel) else _PositiveLinear():
                 net(x)
         except _Reached:
             pass
@@ -254,6 +281,8 @@ def probe_boxes(model: nn.Module, module: str, input_size: tuple[int, int],
     try:  # the probe never reads the weights, so the model itself serves ...
         x = run(model)
     except RuntimeError:  # ... unless some op mixes its float parameters with the double input
+        if isinstance(model, ScriptedModel):  # (its probe graph is float64 throughout)
+            raise
         x = run(copy.deepcopy(model).double())
     out = captured["out"]
     sum(out[b, :, y, x_].sum() for b, (y, x_) in enumerate(positions)).backward()

@@ -1,6 +1,6 @@
 """The models: one table of what each built-in needs (architecture, weights, preprocessing, layer
 aliases, channels), and the same description for a user's own model given as
-`python:package.module:factory`. Importing this module imports
+`python:package.module:factory` or `torchscript:path/to/model.pt`. Importing this module imports
 no torch, so the workflow can check layer names quickly."""
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class ModelSpec:
 
     name: str
     factory: str                        # "module:function" building the architecture
+    torchscript: str | None = None      # path of a TorchScript file (then factory is unused)
     input_size: int = 224               # square input the network sees
     resize_size: int = 256              # shorter side before the centre crop
     mean: tuple[float, float, float] = IMAGENET_MEAN  # per channel, 0–255 scale
@@ -102,8 +103,9 @@ MODELS: dict[str, ModelSpec] = _builtins()
 
 def get_spec(name: str, input_size: int | None = None, resize_size: int | None = None,
              mean=None, std=None) -> ModelSpec:
-    """The spec of a built-in model, or of `python:pkg.module:factory` (which needs input_size,
-    mean and std); later arguments override the built-in values."""
+    """The spec of a built-in model, of `python:pkg.module:factory` or of
+    `torchscript:path/to/model.pt` (own models need input_size, mean and std); later arguments
+    override the built-in values."""
     if name in MODELS:
         spec = MODELS[name]
     elif name.startswith("python:"):
@@ -112,12 +114,14 @@ def get_spec(name: str, input_size: int | None = None, resize_size: int | None =
             raise ValueError(f"model {name!r}: expected python:package.module:factory")
         spec = ModelSpec(name=ref.split(":")[1], factory=ref)
     elif name.startswith("torchscript:"):
-        raise ValueError("TorchScript models are not supported: a ScriptModule takes no forward "
-                         "hooks, so its layers cannot be recorded; give the model as "
-                         "python:package.module:factory (and weights: a state_dict path)")
+        path = name[len("torchscript:"):]
+        if not path:
+            raise ValueError(f"model {name!r}: expected torchscript:path/to/model.pt")
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(path))[0])
+        spec = ModelSpec(name=stem or "torchscript", factory="", torchscript=path)
     else:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}, "
-                         f"python:package.module:factory")
+                         f"python:package.module:factory, torchscript:path/to/model.pt")
     changes = {k: v for k, v in (("input_size", input_size), ("mean", mean), ("std", std)) if v}
     if resize_size or input_size:
         changes["resize_size"] = resize_size or round((input_size or spec.input_size) / 0.875)
@@ -163,8 +167,22 @@ def load_state_dict(spec: ModelSpec, weights: str):
 
 def build_model(name: str, weights: str | None = "imagenet", spec: ModelSpec | None = None):
     """The model in eval mode: `weights` is "imagenet", None (random), a URL or a state_dict path
-    (see `load_state_dict`), loaded strictly."""
+    (see `load_state_dict`), loaded strictly. A TorchScript model brings its own weights
+    ("imagenet" and None keep them); a state_dict replaces them."""
     spec = spec or get_spec(name)
+    if spec.torchscript:
+        from .torchscript import load_torchscript
+
+        model = load_torchscript(spec.torchscript)
+        if weights in (None, "imagenet"):
+            return model
+        try:
+            model.script.load_state_dict(load_state_dict(spec, weights), strict=True)
+        except RuntimeError as e:
+            if str(e).startswith("cannot fetch"):
+                raise
+            raise ValueError(f"weights {weights!r} do not fit model {spec.name!r}: {e}") from None
+        return model.eval()
     model = _load(spec.factory)()
     if weights is not None:
         try:
@@ -184,7 +202,8 @@ def resolve_layers(name: str, layers: list[str], spec: ModelSpec | None = None) 
     resolved = {layer: spec.aliases[layer] for layer in layers if layer in spec.aliases}
     rest = [layer for layer in layers if layer not in resolved]
     if rest:
-        modules = [n for n, _ in build_model(name, weights=None, spec=spec).named_modules() if n]
+        model = build_model(name, weights=None, spec=spec)
+        modules = [n for n, _ in model.named_modules() if n]
         bad = [layer for layer in rest if layer not in modules]
         if bad:
             hint = (f"{', '.join(spec.aliases)} (aliases) or a module path such as "
@@ -193,6 +212,8 @@ def resolve_layers(name: str, layers: list[str], spec: ModelSpec | None = None) 
                 f"unknown layer(s) {', '.join(map(repr, bad))} for model {spec.name!r}; valid "
                 f"names: {hint}{', '.join(modules[:12])}{', ...' if len(modules) > 12 else ''}")
         resolved.update({layer: layer for layer in rest})
+        if spec.torchscript:
+            model.check_recordable(rest)  # a module's output must be a value of the graph
     return {layer: resolved[layer] for layer in layers}
 
 
@@ -209,7 +230,14 @@ def check_units(name: str, wanted: dict[str, int]) -> None:
 
 def projection_method(name: str, setting: str) -> str:
     """The projection a config asks for: `auto` is the deconvnet where the model allows it
-    (conv/ReLU/max-pool/LRN networks), guided backpropagation elsewhere."""
+    (conv/ReLU/max-pool/LRN networks), guided backpropagation elsewhere, none for TorchScript
+    models (whose ReLUs cannot be replaced; asking for a projection of one raises ValueError)."""
+    if name.startswith("torchscript:") and setting != "none":
+        if setting == "auto":
+            return "none"
+        from ..projections import TORCHSCRIPT_PROJECTION
+
+        raise ValueError(TORCHSCRIPT_PROJECTION)
     if setting != "auto":
         return setting
     spec = MODELS.get(name)
