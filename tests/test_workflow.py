@@ -161,11 +161,14 @@ def test_bad_config_fails_before_any_work_and_names_the_key(tmp_path, change, me
     assert not (tmp_path / "results").exists()
 
 
-def test_pipeline_runs_with_alexnet_on_a_local_weights_file(tmp_path):
+@pytest.fixture(scope="module")
+def alexnet_run(tmp_path_factory):
+    """The pipeline with AlexNet on a local weights file (random weights, seed 0)."""
     import torch
 
     from unitscope.models import build_model
 
+    tmp_path = tmp_path_factory.mktemp("alexnet")
     torch.manual_seed(0)
     torch.save(build_model("alexnet", None).state_dict(), tmp_path / "alexnet.pth")
     config = {"dataset": {"name": "sample", "max_images": 10},
@@ -173,6 +176,11 @@ def test_pipeline_runs_with_alexnet_on_a_local_weights_file(tmp_path):
               "layers": ["conv2", "pool5"], "k": 4, "units": 4, "device": "cpu"}
     r = snakemake(tmp_path, config)
     assert r.returncode == 0, r.stderr[-4000:]
+    return tmp_path
+
+
+def test_pipeline_runs_with_alexnet_on_a_local_weights_file(alexnet_run):
+    tmp_path = alexnet_run
     layers = pd.read_parquet(tmp_path / "results/sample/alexnet/layers.parquet")
     assert list(layers["rf_size"]) == [51, 195]
     top = pd.read_parquet(tmp_path / "results/sample/alexnet/topk/pool5.parquet")
@@ -182,6 +190,36 @@ def test_pipeline_runs_with_alexnet_on_a_local_weights_file(tmp_path):
         assert f.attrs["method"] == "deconvnet" and len(f["jpeg"]) == 16
     fig = Image.open(tmp_path / "results/sample/alexnet/grids/conv2.png")
     assert fig.width > 2 * 2 * (2 * 64)
+
+
+def test_a_torchscript_file_of_the_same_network_gives_the_same_tables(alexnet_run, tmp_path):
+    """The same AlexNet traced to TorchScript, its layers named by module path: the same layer
+    table and the same top-k, through hooks the script itself cannot take."""
+    import torch
+
+    from unitscope.models import build_model
+
+    model = build_model("alexnet", str(alexnet_run / "alexnet.pth"))
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 224, 224)), tmp_path / "alexnet.pt")
+    config = {"dataset": {"name": "sample", "max_images": 10},
+              "model": {"torchscript": str(tmp_path / "alexnet.pt"), "input_size": 224},
+              "layers": ["features.4", "features.12"], "k": 4, "units": 4, "device": "cpu"}
+    r = snakemake(tmp_path, config)
+    assert r.returncode == 0, r.stderr[-4000:]
+    py, ts = alexnet_run / "results/sample/alexnet", tmp_path / "results/sample/alexnet"
+    columns = ["channels", "height", "width", "rf_size", "rf_stride", "rf_offset", "rf_start"]
+    assert pd.read_parquet(ts / "layers.parquet")[columns].equals(
+        pd.read_parquet(py / "layers.parquet")[columns])
+    for alias, module in (("conv2", "features.4"), ("pool5", "features.12")):
+        want = pd.read_parquet(py / f"topk/{alias}.parquet")
+        got = pd.read_parquet(ts / f"topk/{module}.parquet")
+        same = [c for c in want.columns if c != "layer"]  # ids, positions exact; values to 1e-5
+        pd.testing.assert_frame_equal(got[same], want[same], rtol=1e-5)
+    assert (ts / "grids/features.4.png").exists()
+    assert not (ts / "projections").exists()  # auto = none for TorchScript
+    bad = {**config, "projection": "guided_backprop"}
+    r = snakemake(tmp_path, bad, "--dry-run")
+    assert r.returncode != 0 and "config key 'projection'" in r.stdout + r.stderr
 
 
 def test_imagenette_runs_end_to_end_from_a_local_copy_of_its_archive(tmp_path):

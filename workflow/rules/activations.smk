@@ -2,6 +2,7 @@
 # that the later stages of a layer depend on that layer's files only.
 rule activations:
     input:
+        model=model_files(),
         inputs=inputs_path(),
         layers=f"{RES}/layers.parquet",
     output:

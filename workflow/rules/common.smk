@@ -14,20 +14,35 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 
 from unitscope.datasets.sources import default_id
 from unitscope.fingerprint import stage_fingerprint
-from unitscope.models import check_units, get_spec, projection_method, resolve_layers
+from unitscope.models import build_model, check_units, get_spec, projection_method, resolve_layers
 
 
 validate(config, "../schemas/config.schema.yaml")
 
 DATASET = default_id(config["dataset"])
+if config["model"].get("python") and config["model"].get("torchscript"):
+    raise WorkflowError("config keys 'model.python' and 'model.torchscript' both name a model; "
+                        "keep one")
+if config["model"].get("torchscript") and not os.path.isfile(config["model"]["torchscript"]):
+    raise WorkflowError(f"config key 'model.torchscript': no file "
+                        f"{config['model']['torchscript']!r}")
 MODEL_REF = (f"python:{config['model']['python']}" if config["model"].get("python")
+             else f"torchscript:{config['model']['torchscript']}" if config["model"].get("torchscript")
              else config["model"]["name"])
 MODEL = config["model"].get("id") or get_spec(MODEL_REF).name
 LAYERS = config["layers"]
 RES = f"results/{DATASET}/{MODEL}"
 SHARDS = [f"{i:03d}" for i in range(config["shards"])]
-PROJECTION = projection_method(MODEL_REF, config["projection"])
+try:
+    PROJECTION = projection_method(MODEL_REF, config["projection"])
+except ValueError as e:
+    raise WorkflowError(f"config key 'projection': {e}") from None
 
+if MODEL_REF.startswith("torchscript:"):
+    try:
+        build_model(MODEL_REF, None)
+    except ValueError as e:
+        raise WorkflowError(f"config key 'model.torchscript': {e}") from None
 try:
     resolve_layers(MODEL_REF, LAYERS)  # fails before any work, listing the valid names
 except ValueError as e:
@@ -88,6 +103,11 @@ def projections_arg(wildcards, input):
 def units_arg(layer):
     units = setting(layer, "units")
     return ",".join(map(str, units)) + "," if isinstance(units, list) else str(units)
+
+
+def model_files():
+    """The model's own file (a TorchScript model), so that a new file reruns what it made."""
+    return [config["model"]["torchscript"]] if config["model"].get("torchscript") else []
 
 
 def model_args():

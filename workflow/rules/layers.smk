@@ -1,4 +1,6 @@
 rule layers:
+    input:
+        model=model_files(),
     output:
         f"{RES}/layers.parquet",
     log:

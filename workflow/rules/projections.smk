@@ -2,6 +2,7 @@
 # figure shows, each cropped to its patch's receptive-field box.
 rule projections:
     input:
+        model=model_files(),
         topk=f"{RES}/topk/{{layer}}.parquet",
         units=f"{RES}/units/{{layer}}.parquet",
         inputs=all_inputs,
