@@ -153,6 +153,10 @@ def test_one_layers_figure_builds_that_layers_chain_only(tmp_path):
     ({"dataset": {"name": "folder"}}, "'dataset.path' is required"),
     ({"overrides": {"stem": {"units": 40}}}, "'units': 40 units asked for but stem has 32 channels"),
     ({"units": [3, 50]}, "'units': 51 units asked for but stem has 32 channels"),
+    ({"model": {"torchscript": "nowhere.pt"}}, "config key 'model.torchscript': no file 'nowhere.pt'"),
+    ({"model": {"torchscript": "config.yaml"}}, "'config.yaml' is not a TorchScript file"),
+    ({"model": {"python": "conftest:RedSpotNet", "torchscript": "x.pt"}},
+     "'model.python' and 'model.torchscript' both name a model"),
 ])
 def test_bad_config_fails_before_any_work_and_names_the_key(tmp_path, change, message):
     r = snakemake(tmp_path, {**TINY, **change}, "--dry-run")
