@@ -124,7 +124,8 @@ def test_a_wrong_field_is_caught_by_the_probe_of_the_graph(tmp_path):
         check_against_probe(scripted, "blocks.1", wrong, (45, 39), (22, 19))
 
 
-@pytest.mark.parametrize("name, kind", [("zfnet", "script"), ("resnet18", "trace")])
+@pytest.mark.parametrize("name, kind", [("zfnet", "script"), ("resnet18", "trace"),
+                                        ("efficientnet_lite0", "trace")])
 def test_built_in_models_saved_as_torchscript_give_the_same_layer_table(name, kind, tmp_path):
     spec = MODELS[name]
     path = save_torchscript(build_model(name, None), kind, tmp_path / f"{name}.pt",
