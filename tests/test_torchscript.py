@@ -13,7 +13,7 @@ from test_receptive_field import ADVERSARIAL
 from unitscope.cli import main
 from unitscope.layers import layer_table
 from unitscope.models import MODELS, build_model, get_spec, projection_method, resolve_layers
-from unitscope.models.torchscript import ScriptedModel, load_torchscript
+from unitscope.models.torchscript import load_torchscript
 from unitscope.projections import project
 from unitscope.receptive_field import (analytic_receptive_fields, check_against_probe,
                                        feature_sizes, probe_receptive_field)
@@ -207,12 +207,39 @@ def test_torchscript_files_are_checked_and_keep_their_own_weights(tmp_path):
         build_model(f"torchscript:{path}", str(tmp_path / "bad.pth"), spec)
 
 
-def test_projections_are_refused_for_torchscript_and_auto_means_none(tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_guided_backprop_through_a_script_equals_the_python_models(kind, tmp_path):
+    """The ReLU hooks on the autograd graph give what the TorchFunctionMode gives the Python
+    model, on the unit maxima of a layer behind ReLUs, LRN, a residual add and max-pooling; and
+    they matter: the plain gradient differs."""
+    torch.manual_seed(3)
+    model = Blocks().eval()
+    scripted = load_torchscript(save_torchscript(model, kind, tmp_path / "m.pt", (48, 48)))
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        fmap = hooked_outputs(model, ["pool"], x)["pool"]
+    units = [0, 3, 7]
+    flat = fmap[torch.arange(3), units].flatten(1).argmax(1)
+    ys, xs = (flat // fmap.shape[-1]).tolist(), (flat % fmap.shape[-1]).tolist()
+    for _ in range(3):  # also once TorchScript's profiling executor would have optimised the graph
+        got = project(scripted, "pool", x, units, ys, xs, "guided_backprop")
+    want = project(model, "pool", x, units, ys, xs, "guided_backprop")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    xg = x.clone().requires_grad_(True)
+    out = {}
+    h = model.pool.register_forward_hook(lambda m, i, o: out.__setitem__("pool", o))
+    model(xg)
+    h.remove()
+    signal = torch.zeros_like(out["pool"])
+    signal[torch.arange(3), units, ys, xs] = out["pool"].detach()[torch.arange(3), units, ys, xs]
+    (plain,) = torch.autograd.grad(out["pool"], xg, signal)
+    assert not torch.allclose(plain, want, atol=1e-6)
+
+
+def test_deconvnet_is_refused_for_torchscript_and_auto_means_guided_backprop(tmp_path):
     path = save_torchscript(Blocks(), "trace", tmp_path / "m.pt", (32, 32))
-    assert projection_method(f"torchscript:{path}", "auto") == "none"
-    with pytest.raises(ValueError, match="not available for TorchScript models.*projection: none"):
-        projection_method(f"torchscript:{path}", "guided_backprop")
-    scripted = load_torchscript(path)
-    assert isinstance(scripted, ScriptedModel)
-    with pytest.raises(ValueError, match="not available for TorchScript models"):
-        project(scripted, "head", torch.zeros(1, 3, 32, 32), [0], [0], [0], "guided_backprop")
+    assert projection_method(f"torchscript:{path}", "auto") == "guided_backprop"
+    with pytest.raises(ValueError, match="deconvnet is not available for TorchScript.*guided_backprop"):
+        projection_method(f"torchscript:{path}", "deconvnet")
+    with pytest.raises(ValueError, match="deconvnet is not available for TorchScript"):
+        project(load_torchscript(path), "head", torch.zeros(1, 3, 32, 32), [0], [0], [0], "deconvnet")

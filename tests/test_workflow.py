@@ -198,7 +198,8 @@ def test_pipeline_runs_with_alexnet_on_a_local_weights_file(alexnet_run):
 
 def test_a_torchscript_file_of_the_same_network_gives_the_same_tables(alexnet_run, tmp_path):
     """The same AlexNet traced to TorchScript, its layers named by module path: the same layer
-    table and the same top-k, through hooks the script itself cannot take."""
+    table and the same top-k, through hooks the script itself cannot take; projections by guided
+    backpropagation."""
     import torch
 
     from unitscope.models import build_model
@@ -220,8 +221,9 @@ def test_a_torchscript_file_of_the_same_network_gives_the_same_tables(alexnet_ru
         same = [c for c in want.columns if c != "layer"]  # ids, positions exact; values to 1e-5
         pd.testing.assert_frame_equal(got[same], want[same], rtol=1e-5)
     assert (ts / "grids/features.4.png").exists()
-    assert not (ts / "projections").exists()  # auto = none for TorchScript
-    bad = {**config, "projection": "guided_backprop"}
+    with h5py.File(ts / "projections/features.12.h5") as f:  # auto = guided backprop for scripts
+        assert f.attrs["method"] == "guided_backprop" and len(f["jpeg"]) == 16
+    bad = {**config, "projection": "deconvnet"}
     r = snakemake(tmp_path, bad, "--dry-run")
     assert r.returncode != 0 and "config key 'projection'" in r.stdout + r.stderr
 

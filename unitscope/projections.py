@@ -6,9 +6,13 @@ differs only at the ReLUs: it also keeps the forward pass's mask.
 
 Both are backpropagation with the ReLU's backward rule replaced, so they run as one autograd pass
 under a TorchFunctionMode that swaps each ReLU for a function with that rule (max-pool's own
-backward already routes through the switches; normalisation layers pass the signal unchanged)."""
+backward already routes through the switches; normalisation layers pass the signal unchanged).
+A TorchScript model runs its ReLUs out of that mode's sight; for it, guided backpropagation hooks
+the ReLU nodes of the autograd graph instead (the deconvnet, which must also pass the signal
+through normalisations unchanged, is not offered there)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -118,10 +122,28 @@ class _GuidedClamp(torch.autograd.Function):
         return grad.clamp(min=0) * ((x > ctx.lo) & (x < ctx.hi)), None, None
 
 
-TORCHSCRIPT_PROJECTION = (
-    "projections are not available for TorchScript models: both methods replace each ReLU's "
-    "backward pass, and a ScriptModule runs its ReLUs out of Python's reach; use projection: none "
-    "(or give the model as python:package.module:factory)")
+TORCHSCRIPT_DECONVNET = (
+    "the deconvnet is not available for TorchScript models (it passes the signal through "
+    "normalisations unchanged, and a ScriptModule runs them out of Python's reach); use "
+    "projection: guided_backprop or none, or give the model as python:package.module:factory")
+# autograd nodes of ops whose backward is the forward mask: guided backprop rectifies their output
+_MASK_NODES = {"ReluBackward0", "ReluBackward1", "ThresholdBackward0", "HardtanhBackward0"}
+
+
+def _guide(out: torch.Tensor) -> None:
+    """Guided backpropagation on any autograd graph: at every ReLU-like node behind `out`, the
+    signal handed down (the incoming signal times the forward mask) keeps only its positive
+    part, which equals `_GuidedReLU`'s rule."""
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node.name() in _MASK_NODES:
+            node.register_hook(lambda grad_in, grad_out: tuple(
+                g.clamp(min=0) if g is not None else None for g in grad_in))
+        stack.extend(next_node for next_node, _ in node.next_functions)
 
 
 class DeconvnetUnsupported(ValueError):
@@ -137,8 +159,9 @@ def project(model: torch.nn.Module, module: str, x: torch.Tensor, units, ys, xs,
         raise ValueError(f"projection {method!r}; valid: none, {', '.join(METHODS)}")
     from .models.torchscript import ScriptedModel
 
-    if isinstance(model, ScriptedModel):
-        raise ValueError(TORCHSCRIPT_PROJECTION)
+    scripted = isinstance(model, ScriptedModel)
+    if scripted and method != "guided_backprop":
+        raise DeconvnetUnsupported(TORCHSCRIPT_DECONVNET)
     target = dict(model.named_modules())[module]
     captured = {}
 
@@ -152,8 +175,9 @@ def project(model: torch.nn.Module, module: str, x: torch.Tensor, units, ys, xs,
     handle = target.register_forward_hook(stop)
     x = x.detach().clone().requires_grad_(True)
     mode = _Projecting(method)
-    try:
-        with torch.enable_grad(), mode:
+    try:  # unoptimised TorchScript: one autograd node per op, none fused away
+        with (torch.enable_grad(), mode, torch.jit.optimized_execution(False) if scripted
+              else contextlib.nullcontext()):
             model(x)
     except Reached:
         pass
@@ -164,6 +188,8 @@ def project(model: torch.nn.Module, module: str, x: torch.Tensor, units, ys, xs,
             f"the deconvnet is defined for conv/ReLU/max-pool/normalisation networks, but this "
             f"model also uses {', '.join(sorted(mode.foreign))}; use projection: guided_backprop")
     out = captured["out"]
+    if scripted:
+        _guide(out)
     b = torch.arange(len(x))
     u, yy, xx = (torch.tensor(np.asarray(v), dtype=torch.long) for v in (units, ys, xs))
     signal = torch.zeros_like(out)

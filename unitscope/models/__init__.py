@@ -230,14 +230,12 @@ def check_units(name: str, wanted: dict[str, int]) -> None:
 
 def projection_method(name: str, setting: str) -> str:
     """The projection a config asks for: `auto` is the deconvnet where the model allows it
-    (conv/ReLU/max-pool/LRN networks), guided backpropagation elsewhere, none for TorchScript
-    models (whose ReLUs cannot be replaced; asking for a projection of one raises ValueError)."""
-    if name.startswith("torchscript:") and setting != "none":
-        if setting == "auto":
-            return "none"
-        from ..projections import TORCHSCRIPT_PROJECTION
+    (conv/ReLU/max-pool/LRN networks), guided backpropagation elsewhere. TorchScript models have
+    guided backpropagation only (asking for the deconvnet raises ValueError)."""
+    if name.startswith("torchscript:") and setting == "deconvnet":
+        from ..projections import TORCHSCRIPT_DECONVNET
 
-        raise ValueError(TORCHSCRIPT_PROJECTION)
+        raise ValueError(TORCHSCRIPT_DECONVNET)
     if setting != "auto":
         return setting
     spec = MODELS.get(name)
