@@ -127,7 +127,7 @@ TORCHSCRIPT_DECONVNET = (
     "normalisations unchanged, and a ScriptModule runs them out of Python's reach); use "
     "projection: guided_backprop or none, or give the model as python:package.module:factory")
 # autograd nodes of ops whose backward is the forward mask: guided backprop rectifies their output
-_MASK_NODES = {"ReluBackward0", "ReluBackward1", "ThresholdBackward0", "HardtanhBackward0"}
+_MASK_NODES = {"ReluBackward0", "ThresholdBackward0", "HardtanhBackward0"}
 
 
 def _guide(out: torch.Tensor) -> None:

@@ -1,7 +1,8 @@
 """Exact receptive fields of any layer of a CNN, found two independent ways.
 
 `analytic_receptive_fields` follows a real forward pass op by op (a TorchFunctionMode sees every
-conv, pool, pad, add, cat, ...) and carries (size, stride, start) per axis through it; where
+conv, pool, pad, add, cat, ...; for a TorchScript model, whose ops Python does not see, the same
+rules run over ATen ops in a TorchDispatchMode) and carries (size, stride, start) per axis through it; where
 branches meet the field is the union over the paths. The gradient probe back-propagates from one
 position of the layer with the network made linear and positive (every convolution an all-ones
 kernel of the same geometry, max-pool an average, activations and norms the identity) and reads

@@ -174,19 +174,12 @@ def build_model(name: str, weights: str | None = "imagenet", spec: ModelSpec | N
         from .torchscript import load_torchscript
 
         model = load_torchscript(spec.torchscript)
-        if weights in (None, "imagenet"):
-            return model
-        try:
-            model.script.load_state_dict(load_state_dict(spec, weights), strict=True)
-        except RuntimeError as e:
-            if str(e).startswith("cannot fetch"):
-                raise
-            raise ValueError(f"weights {weights!r} do not fit model {spec.name!r}: {e}") from None
-        return model.eval()
-    model = _load(spec.factory)()
+        target, weights = model.script, None if weights == "imagenet" else weights
+    else:
+        model = target = _load(spec.factory)()
     if weights is not None:
         try:
-            model.load_state_dict(load_state_dict(spec, weights), strict=True)
+            target.load_state_dict(load_state_dict(spec, weights), strict=True)
         except RuntimeError as e:
             if str(e).startswith("cannot fetch"):
                 raise
@@ -194,15 +187,17 @@ def build_model(name: str, weights: str | None = "imagenet", spec: ModelSpec | N
     return model.eval()
 
 
-def resolve_layers(name: str, layers: list[str], spec: ModelSpec | None = None) -> dict[str, str]:
-    """Map each configured layer name (alias or module path) to its module path.
+def resolve_layers(name: str, layers: list[str], spec: ModelSpec | None = None,
+                   model=None) -> dict[str, str]:
+    """Map each configured layer name (alias or module path) to its module path; `model` is the
+    built model where the caller has it already.
 
     Raises ValueError naming every unknown layer and listing the valid names."""
     spec = spec or get_spec(name)
     resolved = {layer: spec.aliases[layer] for layer in layers if layer in spec.aliases}
     rest = [layer for layer in layers if layer not in resolved]
     if rest:
-        model = build_model(name, weights=None, spec=spec)
+        model = model if model is not None else build_model(name, weights=None, spec=spec)
         modules = [n for n, _ in model.named_modules() if n]
         bad = [layer for layer in rest if layer not in modules]
         if bad:

@@ -2,8 +2,8 @@
 
 A ScriptModule takes no forward hooks and runs its ops out of Python's sight. So its forward graph
 is inlined and every node is placed in the module call that made it (TorchScript keeps that as the
-node's module hierarchy, also in traced and frozen models); a module's output is what its nodes
-make and the rest of the graph uses. `ScriptedModel` mirrors the script's module tree with
+node's module hierarchy in scripted and traced files); a module's output is what its nodes make
+and the rest of the graph uses. `ScriptedModel` mirrors the script's module tree with
 placeholder modules: its forward runs a copy of the graph that also returns the outputs of every
 placeholder that has a forward hook and passes each through its placeholder, so the hooks fire as
 they would on the Python model. `positive_linear` gives the graph the gradient probe needs.
@@ -14,7 +14,6 @@ import contextlib
 import io
 import os
 import re
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -31,6 +30,7 @@ _IDENTITY_OPS = {f"aten::{name}{suffix}" for suffix in ("", "_") for name in (
 _CONV_OPS = {"aten::conv2d", "aten::convolution", "aten::_convolution"}
 _SEGMENT = re.compile(r"([^.()]+)\(([^()]*)\)")
 _HIDDEN = {"SELF", "UNKNOWN_INSTANCE"}  # a method of the same module / an inlined function
+_CONTAINERS = ("ModuleList", "ModuleDict", "Sequential")
 
 
 def _top(node: torch._C.Node) -> torch._C.Node:
@@ -38,9 +38,6 @@ def _top(node: torch._C.Node) -> torch._C.Node:
     while node.owningBlock().owningNode() is not None:
         node = node.owningBlock().owningNode()
     return node
-
-
-_CONTAINERS = ("ModuleList", "ModuleDict", "Sequential")
 
 
 class ModulePaths:
@@ -68,7 +65,7 @@ class ModulePaths:
                 for leaf2, path2 in self.children.get(path, []):
                     if leaf2 == name and self.kinds[path2] in (kind, ""):
                         return path2
-        return f"{at}.{name}" if at else name  # a frozen script keeps no module tree
+        return f"{at}.{name}" if at else name  # a call named_modules() does not list
 
     def __call__(self, node: torch._C.Node) -> str:
         """Module path ("layer1.0.conv1") of the call that made a node; "" for the top module."""
@@ -86,22 +83,15 @@ def _inside(path: str, module: str) -> bool:
     return path == module or path.startswith(module + ".")
 
 
-@dataclass(frozen=True)
-class Call:
-    """One call of a module in the inlined graph: its output values, in order."""
-
-    module: str
-    outputs: tuple
-
-
 def _neutral(node: torch._C.Node) -> bool:
     """Nodes that belong to no module call: constants, attribute reads, and the nodes TorchScript
     leaves without a module (the size checks of inlined functions)."""
     return node.kind() in ("prim::Constant", "prim::GetAttr") or not node.getModuleHierarchy()
 
 
-def module_calls(graph: torch._C.Graph, module: str, paths: ModulePaths) -> list[Call]:
-    """The calls of `module` in an inlined forward graph, in order. A call is a run of top-level
+def module_calls(graph: torch._C.Graph, module: str, paths: ModulePaths) -> list[tuple]:
+    """The output values of each call of `module` in an inlined forward graph, in order. A call
+    is a run of top-level
     nodes made by the module or its children (neutral nodes in between do not end it); its
     outputs are the tensors those nodes make that later nodes outside the run use. Raises
     ValueError when the module makes no op of its own (an identity) or its output is made inside
@@ -136,7 +126,7 @@ def module_calls(graph: torch._C.Graph, module: str, paths: ModulePaths) -> list
                     outputs.append(value)
         if not outputs:
             raise in_branch
-        calls.append(Call(module, tuple(outputs)))
+        calls.append(tuple(outputs))
     return calls
 
 
@@ -253,10 +243,9 @@ class ScriptedModel(nn.Module):
     Forward hooks on a placeholder see the output of that module in the script (once per call).
     `positive_linear()` switches to the gradient probe's version of the graph."""
 
-    def __init__(self, script: torch.jit.ScriptModule, path: str = ""):
+    def __init__(self, script: torch.jit.ScriptModule):
         super().__init__()
         object.__setattr__(self, "script", script)  # not a child: its modules are placeholders
-        self.path = path
         self._functions: dict = {}
         self._linear_script = None
         self.linear = False
@@ -290,9 +279,9 @@ class ScriptedModel(nn.Module):
             graph = script.inlined_graph
             layout, values = [], []
             for module in modules:
-                for call in module_calls(graph, module, self._paths):
-                    layout.append((module, len(call.outputs)))
-                    values.extend(call.outputs)
+                for outputs in module_calls(graph, module, self._paths):
+                    layout.append((module, len(outputs)))
+                    values.extend(outputs)
             if self.linear:
                 _tuple_return(graph, values)
                 positive_linear(graph, script)
@@ -347,7 +336,7 @@ def load_torchscript(path: str | os.PathLike) -> ScriptedModel:
     except RuntimeError as e:
         raise ValueError(f"{str(path)!r} is not a TorchScript file (torch.jit.save of a scripted "
                          f"or traced model): {str(e).splitlines()[0]}") from None
-    model = ScriptedModel(script.eval(), str(path))
+    model = ScriptedModel(script.eval())
     if not any(True for name, _ in model.named_modules() if name):
         raise ValueError(f"TorchScript file {str(path)!r} keeps no module structure (frozen with "
                          f"torch.jit.freeze?), so no layer can be named; save the scripted or "

@@ -38,13 +38,14 @@ try:
 except ValueError as e:
     raise WorkflowError(f"config key 'projection': {e}") from None
 
+_model = None
 if MODEL_REF.startswith("torchscript:"):
     try:
-        build_model(MODEL_REF, None)
+        _model = build_model(MODEL_REF, None)
     except ValueError as e:
         raise WorkflowError(f"config key 'model.torchscript': {e}") from None
 try:
-    resolve_layers(MODEL_REF, LAYERS)  # fails before any work, listing the valid names
+    resolve_layers(MODEL_REF, LAYERS, model=_model)  # fails before any work, listing the valid names
 except ValueError as e:
     raise WorkflowError(f"config key 'layers': {e}") from None
 _unknown = sorted(set(config["overrides"]) - set(LAYERS))
