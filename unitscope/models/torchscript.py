@@ -318,8 +318,7 @@ class ScriptedModel(nn.Module):
         hooked = tuple(name for name, m in named.items()
                        if name and (m._forward_hooks or m._forward_pre_hooks))
         fn, layout, script = self._function(hooked)
-        result = fn(script._c, x)
-        result = result if isinstance(result, tuple) else (result,)
+        result = fn(script._c, x)  # always a tuple (see _tuple_return)
         out, rest = (None, list(result)) if self.linear else (result[0], list(result[1:]))
         for module, n in layout:
             value, rest = rest[:n], rest[n:]
