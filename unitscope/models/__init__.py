@@ -1,17 +1,21 @@
 """The models: one table of what each built-in needs (architecture, weights, preprocessing, layer
-aliases, channels), and the same description for a user's own model given as
-`python:package.module:factory` or `torchscript:path/to/model.pt`. Importing this module imports
-no torch, so the workflow can check layer names quickly."""
+aliases, channels), and the same description for a user's own model, given as a Python factory
+(`package.module:factory`) or a `torch.export` file (`.pt2`). `ModelConfig` is the config's
+`model:` block as plain values; `ModelSpec` what unitscope knows about the network. Importing this
+module imports no torch, so the workflow can check layer names quickly."""
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import os
 import re
 from dataclasses import dataclass, field
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+WEIGHTS_ONLY = ("unitscope loads weights with torch.load(weights_only=True) and runs no code "
+                "from the file")
 
 
 @dataclass(frozen=True)
@@ -19,8 +23,9 @@ class ModelSpec:
     """Everything unitscope needs to know about one model."""
 
     name: str
-    factory: str                        # "module:function" building the architecture
-    torchscript: str | None = None      # path of a TorchScript file (then factory is unused)
+    kind: str = "builtin"               # builtin, python (a factory) or export (a .pt2 file)
+    factory: str = ""                   # "module:function" building the architecture
+    export: str | None = None           # path of a torch.export file
     input_size: int = 224               # square input the network sees
     resize_size: int = 256              # shorter side before the centre crop
     mean: tuple[float, float, float] = IMAGENET_MEAN  # per channel, 0–255 scale
@@ -31,6 +36,11 @@ class ModelSpec:
     weights_url: str | None = None      # published ImageNet state_dict (sha256 prefix in its name)
     packaged_weights: str | None = None  # "module:function" giving the path of shipped weights
     deconvnet: bool = False             # only conv/ReLU/max-pool/LRN: Zeiler & Fergus's deconvnet applies
+    classifier: str | None = None       # module path of the final nn.Linear (class logits)
+
+    @property
+    def has_published_weights(self) -> bool:
+        return bool(self.packaged_weights or self.weights_url)
 
 
 def _efficientnet_lite0_weights() -> str:
@@ -72,28 +82,28 @@ def _builtins() -> dict[str, ModelSpec]:
                       "block4": 40, **{f"block{i}": 80 for i in (5, 6, 7)},
                       **{f"block{i}": 112 for i in (8, 9, 10)},
                       **{f"block{i}": 192 for i in (11, 12, 13, 14)}, "block15": 320, "head": 1280},
-            packaged_weights="unitscope.models:_efficientnet_lite0_weights",
+            packaged_weights="unitscope.models:_efficientnet_lite0_weights", classifier="_fc",
         ),
         "zfnet": ModelSpec(
             name="zfnet", deconvnet=True, factory="unitscope.models.classic:zfnet", aliases=ZFNET_ALIASES,
-            channels=_classic_channels("ZFNET", "ZFNET_ALIASES"),
+            channels=_classic_channels("ZFNET", "ZFNET_ALIASES"), classifier="classifier.6",
         ),
         "alexnet": ModelSpec(
             name="alexnet", deconvnet=True, factory="unitscope.models.classic:alexnet", aliases=ALEXNET_ALIASES,
             channels=_classic_channels("ALEXNET", "ALEXNET_ALIASES"),
-            weights_url=download + "alexnet-owt-7be5be79.pth",
+            weights_url=download + "alexnet-owt-7be5be79.pth", classifier="classifier.6",
         ),
         "vgg16": ModelSpec(
             name="vgg16", deconvnet=True, factory="unitscope.models.classic:vgg16", aliases=VGG16_ALIASES,
             channels=_classic_channels("VGG16", "VGG16_ALIASES"),
-            weights_url=download + "vgg16-397923af.pth",
+            weights_url=download + "vgg16-397923af.pth", classifier="classifier.6",
         ),
         "resnet18": ModelSpec(
             name="resnet18", factory="unitscope.models.resnet:resnet18", aliases=RESNET18_ALIASES,
             channels={"conv1": 64, "pool1": 64, "layer1": 64, "layer2": 128, "layer3": 256,
                       "layer4": 512, **{f"layer{s}.{b}": c for s, c in
                                         ((1, 64), (2, 128), (3, 256), (4, 512)) for b in range(2)}},
-            weights_url=download + "resnet18-f37072fd.pth",
+            weights_url=download + "resnet18-f37072fd.pth", classifier="fc",
         ),
     }
 
@@ -101,46 +111,113 @@ def _builtins() -> dict[str, ModelSpec]:
 MODELS: dict[str, ModelSpec] = _builtins()
 
 
-def get_spec(name: str, input_size: int | None = None, resize_size: int | None = None,
-             mean=None, std=None) -> ModelSpec:
-    """The spec of a built-in model, of `python:pkg.module:factory` or of
-    `torchscript:path/to/model.pt` (own models need input_size, mean and std); later arguments
-    override the built-in values."""
-    if name in MODELS:
-        spec = MODELS[name]
-    elif name.startswith("python:"):
-        ref = name[len("python:"):]
-        if not re.fullmatch(r"[\w.]+:\w+", ref):
-            raise ValueError(f"model {name!r}: expected python:package.module:factory")
-        spec = ModelSpec(name=ref.split(":")[1], factory=ref)
-    elif name.startswith("torchscript:"):
-        path = name[len("torchscript:"):]
-        if not path:
-            raise ValueError(f"model {name!r}: expected torchscript:path/to/model.pt")
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(path))[0])
-        spec = ModelSpec(name=stem or "torchscript", factory="", torchscript=path)
-    else:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}, "
-                         f"python:package.module:factory, torchscript:path/to/model.pt")
-    changes = {k: v for k, v in (("input_size", input_size), ("mean", mean), ("std", std)) if v}
-    if resize_size or input_size:
-        changes["resize_size"] = resize_size or round((input_size or spec.input_size) / 0.875)
-    if changes.get("mean") is not None:
-        changes["mean"] = tuple(float(v) for v in changes["mean"])
-    if changes.get("std") is not None:
-        changes["std"] = tuple(float(v) for v in changes["std"])
-    return dataclasses.replace(spec, **changes)
+@dataclass(frozen=True)
+class ModelConfig:
+    """The config's `model:` block as plain values: a built-in `name`, or a `python` factory
+    (package.module:function), or an `export` file (.pt2); the weights, the seed of random
+    weights, and preprocessing overrides."""
+
+    name: str = "efficientnet_lite0"
+    python: str | None = None
+    export: str | None = None
+    id: str | None = None
+    weights: str = "imagenet"
+    seed: int = 0
+    input_size: int | None = None
+    resize_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in known and v is not None}
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(float(v) for v in values[key])
+        return cls(**values)
+
+    @classmethod
+    def from_ref(cls, ref: str, **kw) -> "ModelConfig":
+        """The command line's --model: a built-in name, python:package.module:factory, or a
+        path ending in .pt2."""
+        if ref.startswith("python:"):
+            return cls(python=ref[len("python:"):], **kw)
+        if ref.endswith(".pt2") or ref.startswith("export:"):
+            return cls(export=ref[len("export:"):] if ref.startswith("export:") else ref, **kw)
+        return cls(name=ref, **kw)
+
+    def as_dict(self) -> dict:
+        """Plain values (lists for tuples), for Snakemake params and JSON."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def spec(self) -> ModelSpec:
+        """The ModelSpec, with this config's preprocessing overrides applied."""
+        if self.python:
+            if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.python):
+                raise ValueError(f"model.python {self.python!r}: expected package.module:factory")
+            spec = ModelSpec(name=self.python.split(":")[1], kind="python", factory=self.python)
+        elif self.export:
+            stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(self.export))[0])
+            spec = ModelSpec(name=stem.strip(".") or "exported", kind="export", export=self.export)
+        elif self.name in MODELS:
+            spec = MODELS[self.name]
+        else:
+            raise ValueError(f"model.name {self.name!r} is not a built-in model; valid: "
+                             f"{', '.join(MODELS)} (or model.python / model.export)")
+        changes: dict = {k: v for k, v in (("input_size", self.input_size), ("mean", self.mean),
+                                           ("std", self.std)) if v}
+        if self.resize_size or self.input_size:
+            changes["resize_size"] = self.resize_size or round((self.input_size or spec.input_size) / 0.875)
+        return dataclasses.replace(spec, **changes)
+
+    @property
+    def folder(self) -> str:
+        """The model's folder name under results/D/."""
+        return self.id or self.spec().name
 
 
 def _load(ref: str):
     module, func = ref.rsplit(":", 1)
-    return getattr(importlib.import_module(module), func)
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"model.python: cannot import module {module!r} ({e})") from None
+    if not hasattr(mod, func):
+        raise ValueError(f"model.python: module {module!r} has no {func!r}")
+    return getattr(mod, func)
+
+
+def factory_file(spec: ModelSpec) -> str | None:
+    """The source file of a Python factory's module (found without importing it), so that the
+    workflow reruns what a changed model file made."""
+    if spec.kind != "python":
+        return None
+    try:
+        found = importlib.util.find_spec(spec.factory.rsplit(":", 1)[0])
+    except (ImportError, ValueError):
+        found = None
+    return found.origin if found is not None and found.origin not in (None, "built-in") else None
+
+
+def weights_file(spec: ModelSpec, weights: str) -> str | None:
+    """The local file a `weights` value reads (a state_dict path, or the shipped ImageNet weights),
+    None for random weights, URLs and weights inside an export file."""
+    if weights == "none" or re.match(r"^(https?|file)://", weights):
+        return None
+    if weights == "imagenet":
+        if spec.kind == "export":
+            return None
+        return _load(spec.packaged_weights)() if spec.packaged_weights else None
+    return weights
 
 
 def load_state_dict(spec: ModelSpec, weights: str):
     """The state_dict that `weights` names: "imagenet" (the published or shipped weights), an
     http(s)/file URL (downloaded once under TORCH_HOME, sha256-prefix checked), or a file path
     (tensors only: torch.load(weights_only=True))."""
+    import pickle
+
     import torch
 
     if weights == "imagenet":
@@ -149,56 +226,94 @@ def load_state_dict(spec: ModelSpec, weights: str):
         elif spec.weights_url:
             weights = spec.weights_url
         else:
-            raise ValueError(f"model {spec.name!r} has no published ImageNet weights; give "
-                             f"weights: path/to/checkpoint.pth (a state_dict), a URL, or none")
+            raise ValueError(f"model {spec.name!r} has no published ImageNet weights; set "
+                             f"model.weights to a state_dict path, an http(s)/file URL, or none")
     if re.match(r"^(https?|file)://", weights):
         try:
-            return torch.hub.load_state_dict_from_url(weights, map_location="cpu", check_hash=True,
-                                                      weights_only=True, progress=False)
+            state = torch.hub.load_state_dict_from_url(weights, map_location="cpu", check_hash=True,
+                                                       weights_only=True, progress=False)
+        except (pickle.UnpicklingError, EOFError) as e:
+            raise ValueError(f"weights {weights}: not a plain state_dict: {WEIGHTS_ONLY}") from None
         except Exception as e:  # urllib's URLError/HTTPError, a hash mismatch (RuntimeError)
             raise RuntimeError(f"cannot fetch weights from {weights}: {e}") from None
+        return _check_state(state, weights)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"weights file {weights!r} does not exist")
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"weights file {weights!r} is not a plain state_dict: {WEIGHTS_ONLY}") from None
+    except Exception as e:  # a text file, a truncated zip, ...: torch raises many kinds
+        raise ValueError(f"weights file {weights!r} cannot be read as a PyTorch state_dict "
+                         f"({type(e).__name__})") from None
+    return _check_state(state, weights)
+
+
+def _check_state(state, source: str) -> dict:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # a training checkpoint
+    import torch
+
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights {source!r} is not a plain state_dict (a dict of tensors; it "
+                         f"holds a {type(state).__name__}): {WEIGHTS_ONLY}")
     return state
 
 
-def build_model(name: str, weights: str | None = "imagenet", spec: ModelSpec | None = None):
-    """The model in eval mode: `weights` is "imagenet", None (random), a URL or a state_dict path
-    (see `load_state_dict`), loaded strictly. A TorchScript model brings its own weights
-    ("imagenet" and None keep them); a state_dict replaces them."""
-    spec = spec or get_spec(name)
-    if spec.torchscript:
-        from .torchscript import load_torchscript
+def build_model(spec: ModelSpec, weights: str | None = "imagenet", seed: int = 0):
+    """The model in eval mode: `weights` is "imagenet", "none"/None (random, from `seed`, so that
+    every job builds the same network), a URL or a state_dict path (see `load_state_dict`),
+    loaded strictly. An export file brings its own weights ("imagenet" and "none" keep them); a
+    state_dict replaces them."""
+    import torch
+    from torch import nn
 
-        model = load_torchscript(spec.torchscript)
-        target, weights = model.script, None if weights == "imagenet" else weights
+    weights = None if weights in (None, "none") else weights
+    if spec.kind == "export":
+        from .export import load_exported
+
+        model = load_exported(spec.export)
+        weights = None if weights == "imagenet" else weights
     else:
-        model = target = _load(spec.factory)()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _load(spec.factory)()
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model.python: {spec.factory} returned a {type(model).__name__}, "
+                             f"not a torch.nn.Module")
     if weights is not None:
         try:
-            target.load_state_dict(load_state_dict(spec, weights), strict=True)
+            model.load_state_dict(load_state_dict(spec, weights), strict=True)
         except RuntimeError as e:
             if str(e).startswith("cannot fetch"):
                 raise
-            raise ValueError(f"weights {weights!r} do not fit model {spec.name!r}: {e}") from None
+            raise ValueError(f"weights {weights!r} do not fit model {spec.name!r}: "
+                             f"{str(e).splitlines()[0]}") from None
     return model.eval()
 
 
-def resolve_layers(name: str, layers: list[str], spec: ModelSpec | None = None,
-                   model=None) -> dict[str, str]:
+def batch_limit(model, wanted: int) -> int:
+    """The batch size to run: `wanted`, or the fixed batch size a torch.export program was
+    exported with (export it with a dynamic batch dimension to run batches)."""
+    shape = getattr(model, "unitscope_input_shape", None)
+    fixed = shape[0] if shape else None
+    return min(wanted, fixed) if fixed else wanted
+
+
+def module_names(model) -> list[str]:
+    return [n for n, _ in model.named_modules() if n]
+
+
+def resolve_layers(spec: ModelSpec, layers: list[str], model=None) -> dict[str, str]:
     """Map each configured layer name (alias or module path) to its module path; `model` is the
-    built model where the caller has it already.
+    built model where the caller has it already (needed for module paths).
 
     Raises ValueError naming every unknown layer and listing the valid names."""
-    spec = spec or get_spec(name)
     resolved = {layer: spec.aliases[layer] for layer in layers if layer in spec.aliases}
     rest = [layer for layer in layers if layer not in resolved]
     if rest:
-        model = model if model is not None else build_model(name, weights=None, spec=spec)
-        modules = [n for n, _ in model.named_modules() if n]
+        model = model if model is not None else build_model(spec, weights=None)
+        modules = module_names(model)
         bad = [layer for layer in rest if layer not in modules]
         if bad:
             hint = (f"{', '.join(spec.aliases)} (aliases) or a module path such as "
@@ -207,31 +322,17 @@ def resolve_layers(name: str, layers: list[str], spec: ModelSpec | None = None,
                 f"unknown layer(s) {', '.join(map(repr, bad))} for model {spec.name!r}; valid "
                 f"names: {hint}{', '.join(modules[:12])}{', ...' if len(modules) > 12 else ''}")
         resolved.update({layer: layer for layer in rest})
-        if spec.torchscript:
-            model.check_recordable(rest)  # a module's output must be a value of the graph
     return {layer: resolved[layer] for layer in layers}
 
 
-def check_units(name: str, wanted: dict[str, int]) -> None:
-    """Raise ValueError where a layer (by alias) is asked to show more units than it has; layers
-    given by module path are checked later, when the layer table is known."""
-    spec = MODELS.get(name)
-    for layer, need in wanted.items():
-        have = spec.channels.get(layer) if spec else None
-        if have is not None and need > have:
-            raise ValueError(f"{need} units asked for but {layer} has {have} channels "
-                             f"(units 0..{have - 1})")
-
-
-def projection_method(name: str, setting: str) -> str:
+def projection_method(spec: ModelSpec, setting: str) -> str:
     """The projection a config asks for: `auto` is the deconvnet where the model allows it
-    (conv/ReLU/max-pool/LRN networks), guided backpropagation elsewhere. TorchScript models have
-    guided backpropagation only (asking for the deconvnet raises ValueError)."""
-    if name.startswith("torchscript:") and setting == "deconvnet":
-        from ..projections import TORCHSCRIPT_DECONVNET
-
-        raise ValueError(TORCHSCRIPT_DECONVNET)
+    (conv/ReLU/max-pool/LRN networks), guided backpropagation elsewhere. The deconvnet on a
+    built-in model that is not such a network raises ValueError."""
+    if setting == "deconvnet" and spec.kind == "builtin" and not spec.deconvnet:
+        valid = [n for n, s in MODELS.items() if s.deconvnet]
+        raise ValueError(f"deconvnet is defined for conv/ReLU/max-pool/LRN networks "
+                         f"({', '.join(valid)}), not {spec.name}; use guided_backprop or none")
     if setting != "auto":
         return setting
-    spec = MODELS.get(name)
-    return "deconvnet" if spec is not None and spec.deconvnet else "guided_backprop"
+    return "deconvnet" if spec.kind == "builtin" and spec.deconvnet else "guided_backprop"

