@@ -1,12 +1,14 @@
-"""Receptive-field geometry as plain data (no torch): a field's size, stride and start per axis,
-and the input box a unit at a feature position sees. Coordinates are pixel edges: pixel i spans
-[i, i+1); a box is (y0, x0, y1, x1) with exclusive ends and may reach outside the image."""
+"""Receptive-field geometry as plain data (no torch). Coordinates are pixel edges: pixel i spans
+[i, i+1); a box is (y0, x0, y1, x1) with exclusive ends and may reach outside the image.
+
+A layer's field is a box per feature position (`rf/L.parquet`). Where it is affine — position
+(y, x) sees rows [start + stride·y, start + stride·y + size), the same for columns — the layer
+table also gives size, stride and start per axis (`AffineField`)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-import pandas as pd
+import numpy as np
 
 
 class UnknownReceptiveField(Exception):
@@ -15,7 +17,7 @@ class UnknownReceptiveField(Exception):
 
 @dataclass(frozen=True)
 class AxisRF:
-    """Receptive field along one axis: `size` pixels, `stride` pixels between neighbouring
+    """An affine field along one axis: `size` pixels, `stride` pixels between neighbouring
     positions, `start` = first input pixel seen by position 0."""
 
     size: int
@@ -28,45 +30,39 @@ class AxisRF:
         return self.start + self.size / 2
 
     def span(self, position: int) -> tuple[int, int]:
-        """Input pixels [lo, hi) seen by feature position `position`."""
         lo = self.start + self.stride * position
         return lo, lo + self.size
 
-    def through(self, kernel: int, stride: int, pad_before: int, dilation: int = 1) -> "AxisRF":
-        """The field after a sliding window (conv or pool) applied on top of this one."""
-        return AxisRF(size=self.size + (kernel - 1) * dilation * self.stride,
-                      stride=self.stride * stride,
-                      start=self.start - pad_before * self.stride)
-
-    def union(self, other: "AxisRF") -> "AxisRF":
-        """Smallest field covering both (branches that meet in an add or a concat)."""
-        if other.stride != self.stride:
-            raise UnknownReceptiveField(
-                f"branches with different strides meet ({self.stride} vs {other.stride})")
-        start = min(self.start, other.start)
-        end = max(self.start + self.size, other.start + other.size)
-        return AxisRF(size=end - start, stride=self.stride, start=start)
-
 
 @dataclass(frozen=True)
-class ReceptiveField:
-    """Receptive field of one layer's units, per axis (y = rows, x = columns)."""
+class AffineField:
+    """An affine field on both axes (y = rows, x = columns)."""
 
     y: AxisRF
     x: AxisRF
 
     def box(self, y: int, x: int) -> tuple[int, int, int, int]:
-        """(y0, x0, y1, x1): the input pixels a unit at feature position (y, x) sees, exclusive
-        ends, not clipped to the image."""
         y0, y1 = self.y.span(y)
         x0, x1 = self.x.span(x)
         return y0, x0, y1, x1
 
-    def union(self, other: "ReceptiveField") -> "ReceptiveField":
-        return ReceptiveField(self.y.union(other.y), self.x.union(other.x))
 
-
-IDENTITY = ReceptiveField(AxisRF(1, 1, 0), AxisRF(1, 1, 0))
+def affine_of(boxes: np.ndarray, jump: tuple[int | None, int | None] = (None, None)) -> AffineField | None:
+    """The AffineField that gives exactly these (4, H, W) boxes, or None. `jump` is the stride
+    to report along an axis of length 1 (where no neighbour shows it)."""
+    y0, x0, y1, x1 = boxes
+    axes = []
+    for lo, hi, other_axis, axis, j in ((y0, y1, 1, 0, jump[0]), (x0, x1, 0, 1, jump[1])):
+        size = hi - lo
+        if (size != size.flat[0]).any() or (lo != np.take(lo, [0], axis=other_axis)).any():
+            return None
+        line = np.take(lo, 0, axis=other_axis)
+        steps = np.diff(line)
+        if len(steps) and (steps != steps[0]).any():
+            return None
+        stride = int(steps[0]) if len(steps) else int(j or 0)
+        axes.append(AxisRF(int(size.flat[0]), stride, int(line[0])))
+    return AffineField(*axes)
 
 
 def clipped(box: tuple[int, int, int, int],
@@ -78,19 +74,18 @@ def clipped(box: tuple[int, int, int, int],
     return (y0, x0, y1, x1) if y1 > y0 and x1 > x0 else None
 
 
-
-
-def field_of(row) -> ReceptiveField:
-    """The ReceptiveField of one row of the layer table."""
-    return ReceptiveField(AxisRF(int(row["rf_size"]), int(row["rf_stride"]), int(row["rf_start"])),
-                          AxisRF(int(row["rf_size_x"]), int(row["rf_stride_x"]),
-                                 int(row["rf_start_x"])))
-
-
-def layer_row(table_path: str | os.PathLike, layer: str) -> pd.Series:
-    """One layer's row of a layers.parquet file."""
-    table = pd.read_parquet(table_path)
-    hit = table[table["layer"] == layer]
-    if hit.empty:
-        raise ValueError(f"layer {layer!r} not in {table_path}; it has {', '.join(table['layer'])}")
-    return hit.iloc[0]
+def source_box(box: tuple[int, int, int, int], file_size: tuple[int, int],
+               crop: tuple[int, int, int, int] | None, resize_size: int,
+               input_size: int) -> tuple[float, float, float, float]:
+    """A box in network-input pixels as (y0, x0, y1, x1) in the pixels of the original file
+    (after its EXIF orientation), through the preprocessing: the optional crop (left, top, right,
+    bottom), the resize of the shorter side to `resize_size`, the centre crop to `input_size`.
+    `file_size` is the (width, height) of the image the manifest records (after the crop)."""
+    w, h = file_size
+    s = resize_size / min(w, h)
+    nw, nh = max(input_size, round(w * s)), max(input_size, round(h * s))
+    left, top = (nw - input_size) // 2, (nh - input_size) // 2
+    sx, sy = w / nw, h / nh
+    ox, oy = (crop[0], crop[1]) if crop is not None else (0, 0)
+    y0, x0, y1, x1 = box
+    return (oy + (y0 + top) * sy, ox + (x0 + left) * sx, oy + (y1 + top) * sy, ox + (x1 + left) * sx)

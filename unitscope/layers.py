@@ -1,80 +1,118 @@
-"""The layer table: for each configured layer, its output shape and the exact receptive field of
-one unit, checked against a gradient probe. It answers "how big is a unit's patch in layer L".
+"""The layer table: for each configured layer, its output shape and receptive field. It answers
+"how big is a unit's patch in layer L" and needs no data.
 
-Columns (`layers.parquet`): layer, module, channels, height, width, units (= channels),
-activations (= C×H×W), rf_size, rf_stride, rf_offset (rows; input-pixel centre of position 0,
-pixel i spans [i, i+1)), rf_start (first input row seen by position 0), and the same four for
-columns as rf_size_x, rf_stride_x, rf_offset_x, rf_start_x."""
+`layers.parquet`, one row per layer: layer, module, channels, height, width, units (= channels),
+activations (= C×H×W), input_h, input_w (the network's input), rf_method (`analytic`: followed op
+by op and checked against the probe at every position; `probe`: measured, where the walk met an op
+it has no rule for), rf_affine (True where every position's box is start + stride·position), the
+affine summary rf_size, rf_stride, rf_offset (input-pixel centre of position 0; pixel i spans
+[i, i+1)), rf_start (first row seen by position 0) and rf_size_x, rf_stride_x, rf_offset_x,
+rf_start_x for columns (empty where not affine), and rf_max_h, rf_max_w (the largest box).
+
+`rf/L.parquet`, one row per feature position in row-major order: y, x, y0, x0, y1, x1 (the box in
+input pixels, end-exclusive, not clipped: it reaches into the padding where the field does)."""
 from __future__ import annotations
 
 import logging
 import os
 
+import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .geometry import ReceptiveField, UnknownReceptiveField
-from .models import ModelSpec, build_model, get_spec, resolve_layers
+from .geometry import affine_of
 
 log = logging.getLogger("unitscope")
+RF_COLUMNS = ["y", "x", "y0", "x0", "y1", "x1"]
 
 
-def layer_table(model_name: str, layers: list[str], probe: bool = True,
-                spec: ModelSpec | None = None) -> pd.DataFrame:
-    """The table for `layers` (aliases or module paths) of a model; needs no data."""
-    spec = spec or get_spec(model_name)
-    return model_layer_table(build_model(model_name, weights=None, spec=spec),
-                             resolve_layers(model_name, layers, spec),
-                             (spec.input_size, spec.input_size), probe)
+def layer_table(model, modules: dict[str, str], input_size: tuple[int, int], probe: bool = True
+                ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The table and the per-position boxes of each layer (layer name -> module path) of any model."""
+    from .receptive_field import EMPTY, layer_fields
 
-
-def model_layer_table(model, modules: dict[str, str], input_size: tuple[int, int],
-                      probe: bool = True) -> pd.DataFrame:
-    """The table for any model: `modules` maps layer name -> module path. The analytic field of
-    every layer is checked against the gradient probe (unless `probe` is False); where the walk
-    cannot follow a layer, the probe's answer is used."""
-    from .receptive_field import check_against_probe, probe_receptive_field, trace_layers
-
-    fields, shapes = trace_layers(model, list(modules.values()), input_size)  # one forward pass
-    rows = []
+    fields, shapes = layer_fields(model, modules, input_size, probe)
+    rows, boxes = [], {}
     for layer, module in modules.items():
-        c, h, w = shapes[module]
-        rf = fields[module]
-        if isinstance(rf, str):
-            log.warning("layer %s: analytic walk stopped (%s); using the gradient probe", layer, rf)
-            try:
-                rf = probe_receptive_field(model, module, input_size, (h, w))
-            except UnknownReceptiveField as e:
-                raise ValueError(f"layer {layer}: receptive field unknown ({rf}; {e})") from None
-        elif probe:
-            check_against_probe(model, module, rf, input_size, (h, w))
-        rows.append(_row(layer, module, (c, h, w), rf))
-    return pd.DataFrame(rows)
+        c, h, w = shapes[layer]
+        f = fields[layer]
+        b = f.boxes.copy()
+        b[:, b[0] >= EMPTY // 2] = 0  # a position that sees no pixel at all (rare): an empty box
+        boxes[layer] = rf_frame(b)
+        affine = affine_of(b, f.jump)
+        row = {"layer": layer, "module": module, "channels": c, "height": h, "width": w,
+               "units": c, "activations": c * h * w, "input_h": input_size[0],
+               "input_w": input_size[1], "rf_method": f.method, "rf_affine": affine is not None}
+        for suffix, ax in (("", "y"), ("_x", "x")):
+            a = getattr(affine, ax) if affine is not None else None
+            row[f"rf_size{suffix}"] = a.size if a else None
+            row[f"rf_stride{suffix}"] = a.stride if a else None
+            row[f"rf_offset{suffix}"] = a.offset if a else None
+            row[f"rf_start{suffix}"] = a.start if a else None
+        row["rf_max_h"] = int((b[2] - b[0]).max())
+        row["rf_max_w"] = int((b[3] - b[1]).max())
+        if f.method == "probe":
+            log.info("layer %s: the walk stopped at %s; boxes measured by the probe", layer, f.reason)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for col in ("rf_size", "rf_stride", "rf_start", "rf_size_x", "rf_stride_x", "rf_start_x"):
+        table[col] = table[col].astype("Int64")
+    for col in ("rf_offset", "rf_offset_x"):
+        table[col] = table[col].astype("Float64")
+    return table, boxes
 
 
-def _row(layer: str, module: str, shape: tuple[int, int, int], rf: ReceptiveField) -> dict:
-    c, h, w = shape
-    return {"layer": layer, "module": module, "channels": c, "height": h, "width": w,
-            "units": c, "activations": c * h * w,
-            "rf_size": rf.y.size, "rf_stride": rf.y.stride, "rf_offset": rf.y.offset,
-            "rf_start": rf.y.start,
-            "rf_size_x": rf.x.size, "rf_stride_x": rf.x.stride, "rf_offset_x": rf.x.offset,
-            "rf_start_x": rf.x.start}
+def rf_frame(boxes: np.ndarray) -> pd.DataFrame:
+    """(4, H, W) boxes as the rf table: y, x, y0, x0, y1, x1 in row-major order."""
+    _, h, w = boxes.shape
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return pd.DataFrame({"y": ys.ravel(), "x": xs.ravel(), "y0": boxes[0].ravel(),
+                         "x0": boxes[1].ravel(), "y1": boxes[2].ravel(), "x1": boxes[3].ravel()}
+                        ).astype("int64")
+
+
+def read_boxes(path: str | os.PathLike, height: int, width: int) -> np.ndarray:
+    """An rf table as an (H, W, 4) array of y0, x0, y1, x1, checked to cover the H×W grid."""
+    rf = pd.read_parquet(path, columns=RF_COLUMNS)
+    if len(rf) != height * width or not (
+            (rf["y"].to_numpy() == np.repeat(np.arange(height), width)).all()
+            and (rf["x"].to_numpy() == np.tile(np.arange(width), height)).all()):
+        raise ValueError(f"{path} does not hold the boxes of a {height}×{width} feature map")
+    return rf[["y0", "x0", "y1", "x1"]].to_numpy(np.int64).reshape(height, width, 4)
 
 
 def format_table(table: pd.DataFrame) -> str:
     """The table as a human reads it: name, output C×H×W, units, RF size/stride/offset."""
     lines = [f"{'layer':<12} {'module':<16} {'output C×H×W':>16} {'units':>6} "
-             f"{'RF size':>9} {'stride':>6} {'offset':>7}"]
+             f"{'RF size':>11} {'stride':>6} {'offset':>7}  field"]
     for r in table.itertuples():
-        size = f"{r.rf_size}" if r.rf_size == r.rf_size_x else f"{r.rf_size}×{r.rf_size_x}"
+        if r.rf_affine:
+            size = f"{r.rf_size}" if r.rf_size == r.rf_size_x else f"{r.rf_size}×{r.rf_size_x}"
+            stride, offset = f"{r.rf_stride}", f"{r.rf_offset:.1f}"
+        else:
+            size, stride, offset = f"≤{r.rf_max_h}×{r.rf_max_w}", "-", "-"
+        kind = ("affine" if r.rf_affine else "per position") + (", probed" if r.rf_method == "probe" else "")
         lines.append(f"{r.layer:<12} {r.module:<16} {f'{r.channels}×{r.height}×{r.width}':>16} "
-                     f"{r.units:>6} {size + ' px':>9} {r.rf_stride:>6} {r.rf_offset:>7.1f}")
+                     f"{r.units:>6} {size + ' px':>11} {stride:>6} {offset:>7}  {kind}")
     return "\n".join(lines)
 
 
-def write_layer_table(table: pd.DataFrame, out_path: str | os.PathLike) -> None:
-    """Log and write the layer table."""
+def write_layer_table(table: pd.DataFrame, boxes: dict[str, pd.DataFrame],
+                      out_path: str | os.PathLike,
+                      rf_paths: dict[str, str | os.PathLike] | None = None) -> None:
+    """Log and write the layer table, and each layer's boxes where `rf_paths` names a file."""
     log.info("layer table (receptive fields in input pixels):\n%s", format_table(table))
+    for layer, path in (rf_paths or {}).items():
+        with atomic_path(path) as tmp:
+            boxes[layer].to_parquet(tmp, index=False)
     with atomic_path(out_path) as tmp:
         table.to_parquet(tmp, index=False)
+
+
+def layer_row(table_path: str | os.PathLike, layer: str) -> pd.Series:
+    """One layer's row of a layers.parquet file."""
+    table = pd.read_parquet(table_path)
+    hit = table[table["layer"] == layer]
+    if hit.empty:
+        raise ValueError(f"layer {layer!r} not in {table_path}; it has {', '.join(table['layer'])}")
+    return hit.iloc[0]
