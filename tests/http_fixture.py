@@ -1,5 +1,6 @@
 """A test HTTP server on 127.0.0.1 serving a folder, with switchable misbehaviour: Range support,
-a connection cut halfway through a file, a slow or silent server, 404s. It records requests."""
+a connection cut halfway through a file, no Content-Length header, a slow or silent server, 404s,
+416 for a range past the end. It records requests."""
 from __future__ import annotations
 
 import http.server
@@ -17,7 +18,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         srv.requests.append((self.path, self.headers.get("Range")))
         if srv.silent_s:
             time.sleep(srv.silent_s)
-        path = srv.root / self.path.lstrip("/")
+        path = srv.root / self.path.split("?")[0].lstrip("/")
         if not path.is_file():
             self.send_error(404, "Not Found")
             return
@@ -26,12 +27,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         if rng and srv.range_ok:
             start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        if not srv.no_length:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.path in srv.cut_once:
             srv.cut_once.discard(self.path)
@@ -53,6 +61,7 @@ class LocalServer(http.server.ThreadingHTTPServer):
         self.root = root
         self.requests: list[tuple[str, str | None]] = []
         self.range_ok = True
+        self.no_length = False  # send no Content-Length: the client reads until the connection closes
         self.cut_once: set[str] = set()
         self.delay_s = 0.0
         self.silent_s = 0.0

@@ -12,7 +12,15 @@ from unitscope.datasets import Candidate
 from unitscope.datasets.index import folder_candidates, index_images
 from unitscope.datasets.sample import PHOTOS, sample_candidates
 from unitscope.datasets.sources import candidates
-from unitscope.inputs import load_image
+from unitscope.inputs import Preprocessing, load_image
+
+
+def load(path, crop, resize, size):
+    """load_image of a manifest-like row."""
+    row = pd.Series({"path": str(path), "crop_left": crop[0] if crop else None,
+                     "crop_top": crop[1] if crop else None, "crop_right": crop[2] if crop else None,
+                     "crop_bottom": crop[3] if crop else None})
+    return load_image(row, Preprocessing(resize, size))
 
 
 def jpeg_bytes(size=(40, 30), color=(200, 30, 30), mode="RGB", **kw) -> bytes:
@@ -48,7 +56,7 @@ def test_broken_files_are_set_aside_with_the_reason(tmp_path):
     assert pd.read_parquet(tmp_path / "m.parquet").equals(manifest)
     # every manifest image loads as RGB, whatever its mode
     for p in manifest["path"]:
-        assert load_image(p, None, 32, 32).shape == (32, 32, 3)
+        assert load(p, None, 32, 32).shape == (32, 32, 3)
 
 
 def test_an_empty_dataset_is_a_clear_error(tmp_path):
@@ -74,7 +82,7 @@ def test_exif_rotation_is_applied_to_size_and_pixels(tmp_path):
     manifest = index_images([Candidate(str(p), "g")], tmp_path / "m.parquet", tmp_path / "r.parquet")
     assert (manifest["width"].iat[0], manifest["height"].iat[0]) == (20, 60)
     # turned upright, the red stripe is at the top: the top 10 rows are red, the rest blue
-    top = load_image(str(p), (0, 0, 20, 20), 20, 20).astype(int)
+    top = load(p, (0, 0, 20, 20), 20, 20).astype(int)
     assert top.shape == (20, 20, 3)
     assert (top[:8, :, 0] > 200).all() and (top[:8, :, 2] < 60).all()
     assert (top[12:, :, 2] > 200).all() and (top[12:, :, 0] < 60).all()
@@ -101,11 +109,11 @@ def test_cmyk_jpeg_and_16_bit_png_become_correct_rgb(tmp_path):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
     manifest = index_images(folder_candidates(tmp_path), tmp_path / "m.parquet", tmp_path / "r.parquet")
     assert len(manifest) == 3
-    red = load_image(str(tmp_path / "cmyk.jpg"), None, 16, 16).astype(int)
+    red = load(tmp_path / "cmyk.jpg", None, 16, 16).astype(int)
     assert red[..., 0].min() > 200 and red[..., 1].max() < 60
-    grey = load_image(str(tmp_path / "grey16.png"), None, 16, 16).astype(int)
+    grey = load(tmp_path / "grey16.png", None, 16, 16).astype(int)
     assert np.abs(grey - 128).max() <= 2
-    green = load_image(str(tmp_path / "alpha.png"), None, 16, 16).astype(int)
+    green = load(tmp_path / "alpha.png", None, 16, 16).astype(int)
     assert (green[..., 1] == 200).all() and (green[..., 0] == 0).all()
 
 

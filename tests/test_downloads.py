@@ -131,3 +131,60 @@ def test_good_tar_extracts_in_place(tmp_path):
     write_tar(tmp_path / "good.tgz", [(info, b"abc")])
     out = safe_extract(tmp_path / "good.tgz", tmp_path / "good")
     assert (out / "imgs/cat/a.txt").read_bytes() == b"abc"
+
+
+def tgz_bytes(names: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for name, data in names.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_an_archive_cut_short_without_content_length_is_never_kept(tmp_path, server):
+    """A server that sends no length and drops the connection halfway: the client cannot tell,
+    but the archive is read to its end before it is trusted, so the download is fetched again."""
+    from unitscope.datasets.download import fetch
+    from unitscope.datasets.extract import check_archive
+
+    data = tgz_bytes({f"img/{i}.bin": os.urandom(20_000) for i in range(10)})
+    (server.root / "a.tgz").write_bytes(data)
+    server.no_length = True
+    server.cut_once.add("/a.tgz")
+    path = fetch(f"{server.url}/a.tgz", tmp_path / "res", check=check_archive, backoff_s=0.01)
+    assert path.read_bytes() == data
+    assert len(server.requests) == 2  # the cut copy was refused and fetched anew
+    # a copy damaged on disk after the download is not taken as complete either
+    path.write_bytes(data[:1000])
+    fetch(f"{server.url}/a.tgz", tmp_path / "res", check=check_archive)
+    assert path.read_bytes() == data and len(server.requests) == 3
+
+
+def test_a_partial_file_that_does_not_match_the_server_is_restarted(tmp_path, server):
+    from unitscope.datasets.download import cached_path, fetch
+
+    data = payload(50_000)
+    (server.root / "a.bin").write_bytes(data)
+    url = f"{server.url}/a.bin"
+    part = cached_path(url, tmp_path / "res").with_name("a.bin.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(os.urandom(60_000))  # longer than the file: the server answers 416 */50000
+    assert fetch(url, tmp_path / "res", backoff_s=0.01).read_bytes() == data
+    # every URL has its own folder, so another URL's partial file is never continued
+    other = cached_path(f"{server.url}/b/a.bin", tmp_path / "res")
+    assert other.parent != part.parent and other.name == part.name[:-5]
+
+
+def test_a_missing_file_url_fails_at_once_and_ftp_is_refused(tmp_path):
+    import time
+
+    from unitscope.datasets.download import fetch
+
+    t = time.perf_counter()
+    with pytest.raises(DownloadError, match="file:///nowhere/x.tgz: no such file"):
+        fetch("file:///nowhere/x.tgz", tmp_path)
+    with pytest.raises(DownloadError, match="unsupported scheme 'ftp'"):
+        fetch("ftp://example.org/x.tgz", tmp_path)
+    assert time.perf_counter() - t < 1  # no retries

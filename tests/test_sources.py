@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from unitscope.datasets.index import index_images
-from unitscope.datasets.sources import WORDNET, candidates, default_id
+from unitscope.datasets.sources import WORDNET, candidates
+from unitscope.plan import default_dataset_id
 
 IMAGENETTE = list(WORDNET)[:10]
 
@@ -58,7 +59,7 @@ def test_imagenette_is_fetched_checked_extracted_and_labelled(tmp_path, server):
     n = len(server.requests)
     assert len(candidates({**cfg, "max_images": 12}, tmp_path / "resources")) == 12
     assert len(server.requests) == n
-    assert default_id(cfg) == "imagenette-160-val"
+    assert default_dataset_id(cfg) == "imagenette-160-val"
 
 
 def test_imagenette_with_the_wrong_checksum_is_not_used(tmp_path, server):
@@ -66,7 +67,7 @@ def test_imagenette_with_the_wrong_checksum_is_not_used(tmp_path, server):
     with pytest.raises(Exception, match="imagenette2-160.tgz: md5 mismatch: expected e793b78c"):
         candidates({"name": "imagenette", "size": 160, "split": "val", "mirror": server.url},
                    tmp_path / "resources")
-    assert not list((tmp_path / "resources").glob("*.tgz"))
+    assert not list((tmp_path / "resources").rglob("*.tgz"))
 
 
 def test_url_archive_with_class_folders(tmp_path, server):
@@ -91,3 +92,30 @@ def test_imagenet_val_tar_with_a_label_file(tmp_path):
     assert [c.label for c in cands] == ["65", "970", "230", "809"]
     with pytest.raises(FileNotFoundError, match="image-net.org account"):
         candidates({"name": "imagenet_val", "tar": str(tmp_path / "nope.tar")}, tmp_path / "res")
+
+
+def test_a_new_archive_under_the_same_name_is_downloaded_and_extracted_anew(tmp_path, server):
+    """The url dataset switched to another archive with the same file name: a new URL is a new
+    download, a new checksum at the same URL too, and each archive gets its own extraction."""
+    def pets(path, n):
+        with zipfile.ZipFile(path, "w") as z:
+            for i in range(n):
+                z.writestr(f"pets/cat/{i}.jpg", jpeg(i))
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    (server.root / "a").mkdir()
+    (server.root / "b").mkdir()
+    sha_a, sha_b = pets(server.root / "a" / "pets.zip", 2), pets(server.root / "b" / "pets.zip", 3)
+    res = tmp_path / "res"
+    assert len(candidates({"name": "url", "url": f"{server.url}/a/pets.zip", "sha256": sha_a}, res)) == 2
+    assert len(candidates({"name": "url", "url": f"{server.url}/b/pets.zip", "sha256": sha_b}, res)) == 3
+    # without a checksum a new URL is still requested
+    n = len(server.requests)
+    assert len(candidates({"name": "url", "url": f"{server.url}/b/pets.zip?v=2"}, res)) == 3
+    assert len(server.requests) == n + 1
+    # the same URL with new content and its new checksum: fetched again, extracted anew
+    sha_new = pets(server.root / "a" / "pets.zip", 4)
+    assert len(candidates({"name": "url", "url": f"{server.url}/a/pets.zip", "sha256": sha_new}, res)) == 4
+    assert len(list((res / "extracted").iterdir())) == 3
+    for folder in (res / "extracted").iterdir():
+        assert (folder / ".unitscope-source.json").exists()

@@ -2,6 +2,7 @@
 rest go to the rejects table with the reason."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -17,6 +18,26 @@ from . import Candidate
 log = logging.getLogger("unitscope")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def folder_listing(root: str | os.PathLike) -> tuple[str, int]:
+    """(sha256 of the sorted listing, number of image files) of every file with an image suffix
+    under `root`: relative path, size and modification time in nanoseconds."""
+    h = hashlib.sha256()
+    entries = []
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=True):
+                    stack.append(e.path)
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file():
+                    st = e.stat()
+                    entries.append((os.path.relpath(e.path, root), st.st_size, st.st_mtime_ns))
+    for rel, size, mtime in sorted(entries):
+        h.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest(), len(entries)
 
 
 def folder_candidates(root: str | os.PathLike) -> list[Candidate]:
@@ -39,11 +60,11 @@ def inspect(c: Candidate) -> tuple[int, int] | str:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        if os.path.getsize(c.path) == 0:
+        if (c.size if c.offset is not None else os.path.getsize(c.path)) == 0:
             return "empty file"
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(c.path) as im:
+            with c.open() as f, Image.open(f) as im:
                 size = im.size
                 if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation turns 90°
                     size = size[::-1]
@@ -76,7 +97,8 @@ def index_images(candidates: list[Candidate], manifest_out: str | os.PathLike,
     bad = [(c, r) for c, r in zip(candidates, results) if isinstance(r, str)]
     for c, r in bad:
         log.warning("set aside %s: %s", c.path, r)
-    rejected = pd.DataFrame({"path": [c.path for c, _ in bad], "reason": [r for _, r in bad]},
+    rejected = pd.DataFrame({"path": [c.path + (f"::{c.member}" if c.member else "") for c, _ in bad],
+                             "reason": [r for _, r in bad]},
                             columns=["path", "reason"]).astype("string")
     if not ok:
         raise ValueError(f"the dataset has no usable image ({len(candidates)} candidates, "
@@ -94,6 +116,10 @@ def index_images(candidates: list[Candidate], manifest_out: str | os.PathLike,
         "height": pd.array([wh[1] for _, wh in ok], dtype="int64"),
         "crop_left": crop_col(0), "crop_top": crop_col(1),
         "crop_right": crop_col(2), "crop_bottom": crop_col(3),
+        "member": pd.array([c.member for c, _ in ok], dtype="string"),
+        "member_offset": pd.array([c.offset for c, _ in ok], dtype="Int64"),
+        "member_size": pd.array([c.size for c, _ in ok], dtype="Int64"),
+        "shard": pd.array([c.shard for c, _ in ok], dtype="Int64"),
     })
     for table, path in ((manifest, manifest_out), (rejected, rejected_out)):
         with atomic_path(path) as tmp:

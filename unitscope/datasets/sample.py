@@ -32,6 +32,12 @@ def skimage_data_dir() -> str:
     return os.path.join(os.path.dirname(spec.origin), "data")
 
 
+def photo_files() -> list[str]:
+    """The photographs the sample dataset is cut from (its inputs outside results/)."""
+    folder = skimage_data_dir()
+    return [os.path.join(folder, name) for name in PHOTOS]
+
+
 def crops(width: int, height: int) -> list[tuple[int, int, int, int]]:
     """Square crop boxes (left, top, right, bottom) covering a width×height photo at every scale."""
     boxes = []

@@ -1,11 +1,19 @@
 """Where images come from: every source turns its settings into candidate images (files with a
 group and a label), fetching and unpacking archives into `resources/` first where needed, then
-takes the deterministic, class-stratified subset that `max_images` / `per_class` ask for."""
+takes the deterministic, class-stratified subset that `max_images` / `per_class` ask for.
+
+Caches are keyed by what they were made from: a download by its URL (`resources/downloads/`), an
+extraction by the archive's sha256 (`resources/extracted/<stem>-<digest>/`, with a record of the
+URL and digest it came from), so a new URL or a new archive is a new cache entry. Tar shards
+(WebDataset layout) are read in place, never extracted."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
+import tarfile
 import urllib.parse
 from collections import defaultdict
 from pathlib import Path
@@ -13,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from . import Candidate
-from .download import download
-from .extract import safe_extract
+from .download import DownloadError, fetch, file_digest
+from .extract import check_archive, extract_once
 from .index import IMAGE_SUFFIXES, folder_candidates
 from .sample import sample_candidates
 
@@ -39,25 +47,21 @@ WORDNET = {  # the classes of imagenette and imagewoof: WordNet id -> name
     "n02099601": "golden retriever", "n02105641": "Old English sheepdog", "n02111889": "Samoyed",
     "n02115641": "dingo",
 }
-SOURCES = ("sample", "folder", "imagenette", "imagewoof", "url", "imagenet_val")
+SOURCES = ("sample", "folder", "imagenette", "imagewoof", "url", "imagenet_val", "tar_shards")
 
 
-def default_id(cfg: dict) -> str:
-    """The results folder name of a dataset when the config gives no `id`."""
-    if cfg.get("id"):
-        return cfg["id"]
-    if cfg["name"] in ARCHIVES:
-        return f"{cfg['name']}-{cfg.get('size', 160)}-{cfg.get('split', 'val')}"
-    return cfg["name"]
+def _stem(name: str) -> str:
+    return re.sub(r"(\.tar\.gz|\.tgz|\.tar|\.zip)$", "", name)
 
 
-def extracted(archive: Path, resources: Path) -> Path:
-    """The archive's contents under resources/ (extracted once, reused after)."""
-    stem = re.sub(r"(\.tar\.gz|\.tgz|\.tar|\.zip)$", "", archive.name)
-    target = resources / f"{stem}.d"
-    if not target.exists():
-        safe_extract(archive, target)
-    return target
+def archive_contents(url: str, resources: Path, md5: str | None = None,
+                     sha256: str | None = None) -> Path:
+    """The folder an archive at `url` unpacks to: fetched (or read in place for file://), read to
+    its end, and extracted once per archive content."""
+    archive = fetch(url, resources, md5=md5, sha256=sha256, check=check_archive)
+    digest = file_digest(archive)
+    target = resources / "extracted" / f"{_stem(archive.name)}-{digest[:12]}"
+    return extract_once(archive, target, {"url": url, "sha256": digest})
 
 
 def _unwrap(root: Path) -> Path:
@@ -81,7 +85,11 @@ def imagenet_val_candidates(tar: str, labels: str | None, resources: Path) -> li
     if not os.path.isfile(tar):
         raise FileNotFoundError(f"dataset.tar {tar!r} does not exist (ILSVRC2012_img_val.tar "
                                 f"needs an image-net.org account; download it yourself)")
-    root = extracted(Path(tar), resources)
+    st = os.stat(tar)
+    identity = {"tar": os.path.abspath(tar), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    check_archive(tar)
+    root = extract_once(tar, resources / "extracted" / f"{_stem(Path(tar).name)}-{key}", identity)
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     by_name: dict[str, str] = {}
     if labels:
@@ -93,6 +101,84 @@ def imagenet_val_candidates(tar: str, labels: str | None, resources: Path) -> li
         else:
             raise ValueError(f"label file {labels}: {len(lines)} lines for {len(files)} images")
     return [Candidate(str(p), p.name, by_name.get(p.name)) for p in files]
+
+
+def tar_shard_list(urls: str | list[str]) -> list[str]:
+    """The tar shards a `dataset.urls` value names: a list, or one string whose brace ranges
+    ({000..146}, zero-padded like their first bound) expand to one entry per number."""
+    if isinstance(urls, list):
+        return list(urls)
+    m = re.search(r"\{(\d+)\.\.(\d+)\}", urls)
+    if not m:
+        return [urls]
+    lo, hi = m.group(1), m.group(2)
+    if int(hi) < int(lo):
+        raise ValueError(f"brace range {{{lo}..{hi}}} counts down")
+    if int(hi) - int(lo) > 1_000_000:
+        raise ValueError(f"brace range {{{lo}..{hi}}} names over a million shards")
+    width = len(lo)
+    return [s for i in range(int(lo), int(hi) + 1)
+            for s in tar_shard_list(urls[:m.start()] + str(i).zfill(width) + urls[m.end():])]
+
+
+def tar_shard_file(source: str, resources: Path, checksums: dict | None = None) -> Path:
+    """The local file of one tar shard: a path as it is, a URL fetched (resumed, checked)."""
+    name = os.path.basename(urllib.parse.urlparse(source).path) if "://" in source else os.path.basename(source)
+    sha256 = (checksums or {}).get(name)
+    if "://" in source:
+        return fetch(source, resources, sha256=sha256)
+    if sha256:
+        digest = file_digest(source)
+        if digest != sha256.lower():
+            raise DownloadError(f"{source}: sha256 mismatch: expected {sha256}, got {digest}")
+    return Path(source)
+
+
+def tar_candidates(tar: Path, shard: int) -> list[Candidate]:
+    """The images of one WebDataset-style tar: members grouped by sample key (the path up to the
+    first '.' of the file name); the image is the member with an image suffix; the label comes
+    from `<key>.cls` (text) or `<key>.json` (its "label" or "class"). Read in place: each
+    candidate records where its bytes are."""
+    samples: dict[str, dict] = {}
+    try:
+        with tarfile.open(tar, "r:") as t:
+            for m in t:
+                if not m.isfile():
+                    continue
+                folder, _, base = m.name.rpartition("/")
+                key, _, ext = base.partition(".")
+                key = f"{folder}/{key}" if folder else key
+                entry = samples.setdefault(key, {})
+                ext = "." + ext.lower()
+                if ext in IMAGE_SUFFIXES and "image" not in entry:
+                    entry["image"] = m
+                elif ext in (".cls", ".json"):
+                    data = t.extractfile(m).read(1 << 16)
+                    entry["label"] = _label_of(ext, data)
+    except (tarfile.TarError, EOFError) as e:
+        raise ValueError(f"tar shard {tar} cannot be read ({e}); is it an uncompressed .tar?") from None
+    out = []
+    for key, entry in samples.items():
+        m = entry.get("image")
+        if m is not None:
+            out.append(Candidate(str(tar), key, entry.get("label"), None, m.name, m.offset_data,
+                                 m.size, shard))
+    return out
+
+
+def _label_of(ext: str, data: bytes) -> str | None:
+    text = data.decode("utf-8", "replace").strip()
+    if ext == ".cls":
+        return text or None
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(obj, dict):
+        for k in ("label", "class", "cls"):
+            if k in obj:
+                return str(obj[k])
+    return None
 
 
 def candidates(cfg: dict, resources: str | os.PathLike = "resources") -> list[Candidate]:
@@ -109,23 +195,30 @@ def candidates(cfg: dict, resources: str | os.PathLike = "resources") -> list[Ca
             raise ValueError(f"dataset.size {size!r}; valid: {', '.join(ARCHIVES[name])}")
         filename, md5 = ARCHIVES[name][size]
         base = cfg.get("mirror") or FASTAI
-        archive = download(base.rstrip("/") + "/" + filename, resources / filename,
-                           md5=cfg.get("md5", md5), sha256=cfg.get("sha256"))
-        root = extracted(archive, resources)
+        root = archive_contents(base.rstrip("/") + "/" + filename, resources,
+                                md5=cfg.get("md5", md5), sha256=cfg.get("sha256"))
         splits = [p for p in root.rglob(split) if p.is_dir()]
         if not splits:
-            raise ValueError(f"{archive} has no {split!r} folder")
+            raise ValueError(f"{filename} has no {split!r} folder")
         cands = _label_wordnet(folder_candidates(splits[0]))
     elif name == "url":
-        url = cfg["url"]
-        filename = os.path.basename(urllib.parse.urlparse(url).path) or "archive"
-        archive = download(url, resources / filename, md5=cfg.get("md5"), sha256=cfg.get("sha256"))
-        cands = folder_candidates(_unwrap(extracted(archive, resources)))
+        root = archive_contents(cfg["url"], resources, md5=cfg.get("md5"), sha256=cfg.get("sha256"))
+        cands = folder_candidates(_unwrap(root))
     elif name == "imagenet_val":
         cands = imagenet_val_candidates(cfg["tar"], cfg.get("labels"), resources)
+    elif name == "tar_shards":
+        return tar_shard_candidates(cfg, resources)
     else:
         raise ValueError(f"dataset.name {name!r}; valid: {', '.join(SOURCES)}")
     return subset(cands, cfg.get("max_images"), cfg.get("per_class"), cfg.get("seed", 0))
+
+
+def tar_shard_candidates(cfg: dict, resources: Path) -> list[Candidate]:
+    """Every image of every tar shard, in shard order (a subset keeps whole shards' order)."""
+    out = []
+    for i, source in enumerate(tar_shard_list(cfg["urls"])):
+        out += tar_candidates(tar_shard_file(source, resources, cfg.get("checksums")), i)
+    return subset(out, cfg.get("max_images"), cfg.get("per_class"), cfg.get("seed", 0))
 
 
 def subset(cands: list[Candidate], max_images: int | None, per_class: int | None,
