@@ -13,17 +13,14 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/dataset.smk"
-include: "workflow/rules/inputs.smk"
-include: "workflow/rules/layers.smk"
+include: "workflow/rules/model.smk"
 include: "workflow/rules/activations.smk"
-include: "workflow/rules/topk.smk"
-include: "workflow/rules/patches.smk"
-include: "workflow/rules/projections.smk"
-include: "workflow/rules/grids.smk"
-include: "workflow/rules/gallery.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/examples.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:
     input:
-        all_outputs(),
+        PLAN.targets(),
     default_target: True

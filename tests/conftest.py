@@ -1,18 +1,24 @@
-"""Shared helpers: tiny synthetic images and hand-made models with known filters."""
+"""Shared helpers: tiny synthetic images, hand-made models with known filters, a local HTTP
+server, Snakemake runs in a temporary folder, and the plan of a config checked in-process."""
 from __future__ import annotations
 
+import copy
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
 class RedSpotNet(nn.Module):
@@ -63,3 +69,71 @@ def write_pngs(folder: Path, images: list[np.ndarray], names: list[str] | None =
         Image.fromarray(im).save(p)
         paths.append(p)
     return paths
+
+
+def validated(config: dict) -> dict:
+    """A config checked against the schema with its defaults filled in, as Snakemake does."""
+    from snakemake.utils import validate
+
+    config = copy.deepcopy(config)
+    validate(config, str(SCHEMA))
+    return config
+
+
+def plan_of(config: dict, **kw):
+    """The plan of a config, in-process (the same checks the workflow makes before any job)."""
+    from unitscope.plan import build_plan
+
+    return build_plan(validated(config), **kw)
+
+
+def snakemake(workdir: Path, config: dict, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the workflow in `workdir` with `config`."""
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                           "--configfile", "config.yaml", "--cores", "2", *args],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def planned(out: str) -> set[tuple[str, str]]:
+    """(rule, layer) of every job a dry run plans."""
+    import re
+
+    jobs, rule = set(), None
+    for line in out.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):", line)
+        if m:
+            rule = m.group(1)
+            jobs.add((rule, ""))
+        m = re.match(r"^\s+wildcards: .*layer=([\w.]+)", line)
+        if m and rule:
+            jobs.discard((rule, ""))
+            jobs.add((rule, m.group(1)))
+    return jobs
+
+
+def layer_frame(name: str, channels: int, height: int, width: int, size: int, stride: int,
+                start: int, size_x: int | None = None, start_x: int | None = None) -> pd.DataFrame:
+    """A one-row layer table of an affine field (for stage tests without a model)."""
+    size_x = size if size_x is None else size_x
+    start_x = start if start_x is None else start_x
+    return pd.DataFrame([{
+        "layer": name, "module": name, "channels": channels, "height": height, "width": width,
+        "units": channels, "activations": channels * height * width, "input_h": 224,
+        "input_w": 224, "rf_method": "analytic", "rf_affine": True, "rf_size": size,
+        "rf_stride": stride, "rf_offset": start + size / 2, "rf_start": start, "rf_size_x": size_x,
+        "rf_stride_x": stride, "rf_offset_x": start_x + size_x / 2, "rf_start_x": start_x,
+        "rf_max_h": size, "rf_max_w": size_x}])
+
+
+def affine_boxes(height: int, width: int, size: int, stride: int, start: int,
+                 size_x: int | None = None, start_x: int | None = None) -> pd.DataFrame:
+    """The rf table of an affine field."""
+    from unitscope.layers import rf_frame
+
+    size_x = size if size_x is None else size_x
+    start_x = start if start_x is None else start_x
+    ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    y0, x0 = start + stride * ys, start_x + stride * xs
+    return rf_frame(np.stack([y0, x0, y0 + size, x0 + size_x]))

@@ -1,38 +1,113 @@
-"""A short hash of the package version and the source of the modules a stage runs, given to
-Snakemake as a param so that changing a stage's code reruns exactly the jobs that depend on it."""
+"""A short hash of the package version and the source of every unitscope module a stage imports —
+found by reading the import statements of the stage's function in `stages.py` (and of the helpers
+it calls) and, recursively, of each module they reach (imports inside functions included) —
+given to Snakemake as a param, so that changing any code a stage runs reruns exactly the jobs of
+that stage and of the stages after it. Nothing is kept by hand."""
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
+from functools import lru_cache
 
 from . import __version__
 
-MODEL_MODULES = ["unitscope.models", "unitscope.models.configs", "unitscope.models.classic",
-                 "unitscope.models.resnet", "unitscope.models.efficientnet_lite",
-                 "unitscope.models.torchscript"]
-# Which modules' code decides each stage's output.
-STAGE_MODULES: dict[str, list[str]] = {
-    "dataset": ["unitscope.datasets", "unitscope.datasets.sample", "unitscope.datasets.index",
-                "unitscope.datasets.sources", "unitscope.datasets.download",
-                "unitscope.datasets.extract", "unitscope.inputs"],
-    "inputs": ["unitscope.inputs", "unitscope.models", "unitscope.models.configs"],
-    "layers": ["unitscope.layers", "unitscope.receptive_field", "unitscope.geometry", *MODEL_MODULES],
-    "activations": ["unitscope.activations", *MODEL_MODULES],
-    "topk": ["unitscope.topk", "unitscope.unit_stats", "unitscope.geometry"],
-    "patches": ["unitscope.patches"],
-    "grids": ["unitscope.grids", "unitscope.patches"],
-    "gallery": ["unitscope.gallery"],
-    "projections": ["unitscope.projections", "unitscope.patches", *MODEL_MODULES],
-}
+PACKAGE = "unitscope"
+
+
+def _source(module: str) -> tuple[str, str] | None:
+    """(path, text) of a unitscope module, None if it does not exist."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    with open(spec.origin, encoding="utf-8") as f:
+        return spec.origin, f.read()
+
+
+def imported_modules(text: str, module: str | None = None, is_package: bool = False) -> set[str]:
+    """The unitscope modules a source text imports (absolute and relative, anywhere in it)."""
+    found: set[str] = set()
+    package = module if is_package else (module.rpartition(".")[0] if module else "")
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == PACKAGE}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".") if package else []
+                base = ".".join(parts[:len(parts) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            else:
+                base = node.module or ""
+            if base.split(".")[0] != PACKAGE:
+                continue
+            found.add(base)
+            for a in node.names:  # `from . import x` may name a module
+                if _source(f"{base}.{a.name}") is not None:
+                    found.add(f"{base}.{a.name}")
+    # importing a.b.c runs a/__init__ and a/b/__init__ too
+    for name in list(found):
+        parts = name.split(".")
+        found |= {".".join(parts[:i]) for i in range(1, len(parts))}
+    return found
+
+
+@lru_cache(maxsize=None)
+def closure(start: frozenset[str]) -> tuple[str, ...]:
+    """Every unitscope module reached from `start` through imports, sorted."""
+    seen: set[str] = set()
+    todo = list(start)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        src = _source(name)
+        if src is None:
+            continue
+        seen.add(name)
+        todo += imported_modules(src[1], name, src[0].endswith("__init__.py"))
+    return tuple(sorted(seen))
+
+
+STAGES = f"{PACKAGE}.stages"
+
+
+def _stage_functions(stage: str) -> list[ast.FunctionDef]:
+    """The function `stage` of stages.py and the module-level helpers it calls."""
+    tree = ast.parse(_source(STAGES)[1])
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    if stage not in functions:
+        raise ValueError(f"no stage {stage!r}; stages: "
+                         f"{', '.join(n for n in functions if not n.startswith('_'))}")
+    seen: dict[str, ast.FunctionDef] = {}
+    todo = [stage]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen[name] = functions[name]
+        todo += [n.id for n in ast.walk(functions[name]) if isinstance(n, ast.Name) and n.id in functions]
+    return [seen[n] for n in sorted(seen)]
+
+
+def stage_modules(stage: str) -> tuple[str, ...]:
+    """Every unitscope module the stage's function imports, directly, through its helpers, or
+    through the modules they import."""
+    direct: set[str] = set()
+    for fn in _stage_functions(stage):
+        direct |= imported_modules(ast.unparse(fn), STAGES)
+    direct.discard(STAGES)
+    return closure(frozenset(direct))
 
 
 def stage_fingerprint(stage: str) -> str:
-    """12 hex digits that change whenever the package version or the stage's code changes."""
+    """12 hex digits that change whenever the package version, the stage's own function, or any
+    module it reaches changes."""
     h = hashlib.sha256(__version__.encode())
-    for module in STAGE_MODULES[stage]:
-        spec = importlib.util.find_spec(module)
-        if spec is None or spec.origin is None:
-            raise ValueError(f"stage {stage!r}: module {module} not found")
-        with open(spec.origin, "rb") as f:
-            h.update(f.read())
+    for fn in _stage_functions(stage):
+        h.update(ast.unparse(fn).encode())
+    for module in stage_modules(stage):
+        h.update(module.encode() + b"\0" + _source(module)[1].encode())
     return h.hexdigest()[:12]

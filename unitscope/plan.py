@@ -1,0 +1,498 @@
+"""The experiment plan: the validated config turned into one typed object — the dataset, the model,
+each layer's settings, every path of the results layout and the shard names — with every check the
+schema cannot make done before any job runs. `common.smk`, the command line, the gallery and the
+tests all read the results layout from here, so it is written down once.
+
+    config.yaml ──schema──▶ build_plan() ──▶ Plan ──▶ rules (common.smk) ──▶ stages ──▶ files
+
+A `PlanError` is a one-line message that names the config key, the bad value and the valid ones."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+
+from .models import MODELS, ModelConfig, ModelSpec, factory_file, projection_method, weights_file
+
+URL = re.compile(r"^(https?|file)://")
+PER_LAYER_KEYS = ("k", "distinct", "units", "pick", "seed", "patch_max_px", "display_px",
+                  "panels", "figure", "n_ranges", "per_range")
+SAMPLE_IMAGES = 408  # crops the sample dataset makes (datasets/sample.py)
+
+
+class PlanError(ValueError):
+    """A config the run cannot do, said in one line that names the key."""
+
+
+def safe_name(value: str, key: str) -> str:
+    """A name used as one path component under results/: refuses empty, '.', '..' and separators."""
+    if not isinstance(value, str) or value in ("", ".", "..") or not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        raise PlanError(f"config key '{key}': {value!r} cannot name a folder under results/ "
+                        f"(use letters, digits, '_', '-' and '.', not '.' or '..' alone)")
+    return value
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path of the results of one dataset and model. Methods take a layer name (or the
+    wildcard "{layer}") and return the path relative to the working directory."""
+
+    dataset: str
+    model: str
+    root: str = "results"
+
+    def __post_init__(self):
+        safe_name(self.dataset, "dataset.id")
+        safe_name(self.model, "model.id")
+
+    @property
+    def data(self) -> str:
+        return f"{self.root}/{self.dataset}"
+
+    @property
+    def res(self) -> str:
+        return f"{self.root}/{self.dataset}/{self.model}"
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.data}/manifest.parquet"
+
+    @property
+    def rejected(self) -> str:
+        return f"{self.data}/rejected.parquet"
+
+    @property
+    def layers_table(self) -> str:
+        return f"{self.res}/layers.parquet"
+
+    @property
+    def gallery(self) -> str:
+        return f"{self.res}/gallery"
+
+    @property
+    def classes(self) -> str:
+        return f"{self.res}/classes.parquet"
+
+    @staticmethod
+    def shard_name(shard: int | str) -> str:
+        return f"shard-{shard:03d}" if isinstance(shard, int) else f"shard-{shard}"
+
+    def inputs(self, shard: int | str) -> str:
+        return f"{self.res}/inputs/{self.shard_name(shard)}.h5"
+
+    def activations(self, layer: str, shard: int | str) -> str:
+        return f"{self.res}/activations/{layer}/{self.shard_name(shard)}.h5"
+
+    def per_layer(self, kind: str, layer: str) -> str:
+        ext = {"rf": "parquet", "topk": "parquet", "units": "parquet", "bottomk": "parquet",
+               "hist": "parquet", "ranges": "parquet", "shown": "json", "patches": "h5",
+               "projections": "h5", "verify": "parquet", "grids": "png"}[kind]
+        return f"{self.res}/{kind}/{layer}.{ext}"
+
+    def rf(self, layer: str) -> str:
+        return self.per_layer("rf", layer)
+
+    def topk(self, layer: str) -> str:
+        return self.per_layer("topk", layer)
+
+    def units(self, layer: str) -> str:
+        return self.per_layer("units", layer)
+
+    def bottomk(self, layer: str) -> str:
+        return self.per_layer("bottomk", layer)
+
+    def hist(self, layer: str) -> str:
+        return self.per_layer("hist", layer)
+
+    def ranges(self, layer: str) -> str:
+        return self.per_layer("ranges", layer)
+
+    def shown(self, layer: str) -> str:
+        return self.per_layer("shown", layer)
+
+    def patches(self, layer: str) -> str:
+        return self.per_layer("patches", layer)
+
+    def projections(self, layer: str) -> str:
+        return self.per_layer("projections", layer)
+
+    def verify(self, layer: str) -> str:
+        return self.per_layer("verify", layer)
+
+    def grid(self, layer: str) -> str:
+        return self.per_layer("grids", layer)
+
+    def unit_grids(self, layer: str) -> str:
+        return f"{self.res}/grids/{layer}"
+
+    @staticmethod
+    def unit_file(unit: int, ext: str) -> str:
+        return f"unit-{unit:04d}.{ext}"
+
+    def unit_grid(self, layer: str, unit: int) -> str:
+        return f"{self.unit_grids(layer)}/{self.unit_file(unit, 'png')}"
+
+    def gallery_unit(self, layer: str, unit: int) -> str:
+        return f"{self.gallery}/{layer}/{self.unit_file(unit, 'html')}"
+
+    def log(self, stage: str, name: str | None = None) -> str:
+        base = self.data if stage == "dataset" else self.res
+        return f"{base}/logs/{stage}.log" if name is None else f"{base}/logs/{stage}/{name}.log"
+
+    def benchmark(self, stage: str, name: str | None = None) -> str:
+        base = self.data if stage == "dataset" else self.res
+        return f"{base}/benchmarks/{stage}.tsv" if name is None else f"{base}/benchmarks/{stage}/{name}.tsv"
+
+    @classmethod
+    def of(cls, res: str | os.PathLike) -> "Layout":
+        """The layout of an existing results/D/M folder."""
+        res = os.path.normpath(str(res))
+        data, model = os.path.split(res)
+        root, dataset = os.path.split(data)
+        return cls(dataset, model, root or ".")
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer's settings (its overrides applied) and what is known of it before any job."""
+
+    name: str
+    module: str
+    channels: int | None
+    k: int
+    distinct: str
+    units: int | tuple[int, ...]
+    pick: str
+    seed: int
+    patch_max_px: int
+    display_px: int
+    panels: str
+    figure: str
+    n_ranges: int
+    per_range: int
+
+    @property
+    def units_needed(self) -> int:
+        return max(self.units) + 1 if isinstance(self.units, tuple) else self.units
+
+    def selection(self) -> dict:
+        """What the `shown` job needs to pick the layer's units."""
+        return {"units": list(self.units) if isinstance(self.units, tuple) else self.units,
+                "pick": self.pick, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole run, decided before any job."""
+
+    dataset: dict
+    model: ModelConfig
+    spec: ModelSpec
+    layers: tuple[LayerPlan, ...]
+    layout: Layout
+    shards: int
+    projection: str
+    inputs: str
+    verify: bool
+    batch_size: int
+    device: str
+    precision: str
+    warnings: tuple[str, ...] = ()
+    model_files: tuple[str, ...] = ()
+    architecture_files: tuple[str, ...] = ()
+    dataset_files: tuple[str, ...] = ()
+    dataset_listing: str = ""
+    model_key: str = ""
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def layer(self, name: str) -> LayerPlan:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    @property
+    def shard_ids(self) -> list[str]:
+        return [f"{i:03d}" for i in range(self.shards)]
+
+    def panels(self, layer: str) -> str:
+        """What the figures of a layer show: patches only when there are no projections."""
+        return "patches" if self.projection == "none" else self.layer(layer).panels
+
+    def targets(self) -> list[str]:
+        L = self.layout
+        return [L.grid(name) for name in self.layer_names] + [L.layers_table, L.gallery]
+
+
+def default_dataset_id(cfg: dict) -> str:
+    """The results folder name of a dataset when the config gives no `id`."""
+    from .datasets.sources import ARCHIVES
+
+    if cfg.get("id"):
+        return cfg["id"]
+    if cfg["name"] in ARCHIVES:
+        return f"{cfg['name']}-{cfg.get('size', 160)}-{cfg.get('split', 'val')}"
+    if cfg["name"] == "folder" and cfg.get("path"):
+        base = os.path.basename(os.path.normpath(os.path.abspath(cfg["path"])))
+        clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("._")
+        return clean or "folder"
+    return cfg["name"]
+
+
+def _setting(config: dict, layer: str, key: str):
+    return config.get("overrides", {}).get(layer, {}).get(key, config[key])
+
+
+def _check_dataset(cfg: dict) -> tuple[list[str], int | None, str | None]:
+    """Checks of the dataset block the schema cannot make; returns the local files the dataset
+    reads (rule inputs), an upper bound of its image count where known, and a note."""
+    from .datasets.sources import tar_shard_list
+
+    name = cfg["name"]
+    needs = {"folder": "path", "url": "url", "imagenet_val": "tar", "tar_shards": "urls"}.get(name)
+    if needs and not cfg.get(needs):
+        raise PlanError(f"config key 'dataset.{needs}' is required when dataset.name is {name}")
+    files: list[str] = []
+    bound = None
+    if name == "folder":
+        path = cfg["path"]
+        if not os.path.exists(path):
+            raise PlanError(f"config key 'dataset.path': folder {path!r} does not exist")
+        if not os.path.isdir(path):
+            raise PlanError(f"config key 'dataset.path': {path!r} is a file, not a folder of images")
+    if name == "sample":
+        from .datasets.sample import photo_files
+
+        files += photo_files()
+        bound = SAMPLE_IMAGES
+    for key in ("url", "mirror"):
+        if cfg.get(key):
+            _check_url(cfg[key], f"dataset.{key}")
+            if cfg[key].startswith("file://") and key == "url":
+                files.append(_file_url_path(cfg[key]))
+    if name == "imagenet_val":
+        for key in ("tar", "labels"):
+            if cfg.get(key):
+                if not os.path.isfile(cfg[key]):
+                    raise PlanError(f"config key 'dataset.{key}': no file {cfg[key]!r}"
+                                    + (" (ILSVRC2012_img_val.tar needs an image-net.org account; "
+                                       "download it yourself)" if key == "tar" else ""))
+                files.append(cfg[key])
+    if name == "tar_shards":
+        try:
+            shards = tar_shard_list(cfg["urls"])
+        except ValueError as e:
+            raise PlanError(f"config key 'dataset.urls': {e}") from None
+        for s in shards:
+            if URL.match(s):
+                _check_url(s, "dataset.urls")
+                if s.startswith("file://"):
+                    files.append(_file_url_path(s))
+            elif re.match(r"^\w+://", s):
+                raise PlanError(f"config key 'dataset.urls': {s!r} has an unsupported scheme; "
+                                f"valid: http://, https://, file://, or a local path")
+            elif not os.path.isfile(s):
+                raise PlanError(f"config key 'dataset.urls': no file {s!r}")
+            else:
+                files.append(s)
+    if cfg.get("max_images"):
+        bound = min(bound, cfg["max_images"]) if bound else cfg["max_images"]
+    return files, bound, None
+
+
+def _file_url_path(url: str) -> str:
+    from urllib.parse import unquote, urlparse
+
+    return unquote(urlparse(url).path)
+
+
+def _check_url(url: str, key: str) -> None:
+    if not URL.match(url):
+        raise PlanError(f"config key '{key}': {url!r} has an unsupported scheme; valid: "
+                        f"http://, https://, file://")
+    if url.startswith("file://") and not os.path.exists(_file_url_path(url)):
+        raise PlanError(f"config key '{key}': {url!r} names no file")
+
+
+def _check_model(m: ModelConfig) -> tuple[ModelSpec, list[str], list[str]]:
+    if m.python and m.export:
+        raise PlanError("config keys 'model.python' and 'model.export' both name a model; keep one")
+    try:
+        spec = m.spec()
+    except ValueError as e:
+        raise PlanError(f"config key 'model': {e}") from None
+    files = []
+    if spec.kind == "export":
+        from .models.export import archive_kind, TORCHSCRIPT_RETIRED
+
+        if not os.path.isfile(spec.export):
+            raise PlanError(f"config key 'model.export': no file {spec.export!r}")
+        kind = archive_kind(spec.export)
+        if kind == "torchscript":
+            raise PlanError(f"config key 'model.export': {spec.export!r} {TORCHSCRIPT_RETIRED}")
+        if kind != "pt2":
+            raise PlanError(f"config key 'model.export': {spec.export!r} is not a torch.export "
+                            f"file (.pt2 written by torch.export.save)")
+        files.append(spec.export)
+    if spec.kind == "python":
+        if not m.input_size:
+            raise PlanError("config key 'model.input_size' is required for a model.python model")
+        found = factory_file(spec)
+        if found is None:
+            raise PlanError(f"config key 'model.python': cannot find module "
+                            f"{spec.factory.rsplit(':', 1)[0]!r} (is it on PYTHONPATH?)")
+        files.append(found)
+    w = m.weights
+    if w == "imagenet" and spec.kind != "export" and not spec.has_published_weights:
+        raise PlanError(f"config key 'model.weights': model {spec.name!r} has no published "
+                        f"ImageNet weights; give a state_dict path, an http(s)/file URL, or none")
+    if re.match(r"^\w+://", w):
+        _check_url(w, "model.weights")
+    elif w not in ("imagenet", "none") and not os.path.isfile(w):
+        raise PlanError(f"config key 'model.weights': {w!r} is not imagenet, none, a URL or an "
+                        f"existing state_dict file")
+    wf = weights_file(spec, w) if w != "imagenet" or spec.kind == "builtin" else None
+    if w.startswith("file://"):
+        wf = _file_url_path(w)
+    architecture = list(files)  # the export file or the factory's module: what the layer table reads
+    if wf:
+        files.append(wf)
+    return spec, files, architecture
+
+
+def _file_identity(path: str) -> list:
+    st = os.stat(path)
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def build_plan(config: dict, describe_model: bool = True, check_device: bool = True) -> Plan:
+    """The plan of a config already validated against the schema (defaults filled in).
+    `describe_model` builds the model where a layer is given by module path (or the model is the
+    user's own) to check layer names, outputs and unit counts before any job; `check_device`
+    checks that `device: cuda` has a GPU here (off when jobs run elsewhere, e.g. on SLURM)."""
+    warnings: list[str] = []
+    data = dict(config["dataset"])
+    data["id"] = safe_name(default_dataset_id(data), "dataset.id")
+    dataset_files, bound, _ = _check_dataset(data)
+    model = ModelConfig.from_dict({**config["model"], "seed": config["seed"]})
+    spec, model_files, architecture_files = _check_model(model)
+    layout = Layout(data["id"], safe_name(model.id or spec.name, "model.id"))
+    layers = list(config["layers"])
+    for layer in layers:
+        safe_name(layer, "layers")
+    unknown = sorted(set(config.get("overrides", {})) - set(layers))
+    if unknown:
+        raise PlanError(f"config key 'overrides' names layers that are not in 'layers': "
+                        f"{', '.join(unknown)}; configured layers: {', '.join(layers)}")
+    try:
+        projection = projection_method(spec, config["projection"])
+    except ValueError as e:
+        raise PlanError(f"config key 'projection': {e}") from None
+
+    modules = {layer: spec.aliases.get(layer) for layer in layers}
+    channels = {layer: spec.channels.get(layer) for layer in layers}
+    needs_model = spec.kind != "builtin" or any(m is None for m in modules.values())
+    if needs_model and describe_model:
+        modules, channels, spec = _describe(spec, model, layers, projection)
+        if spec.input_size != (model.input_size or spec.input_size) or (
+                spec.kind == "export" and not model.input_size):
+            model = dataclasses.replace(model, input_size=spec.input_size, resize_size=spec.resize_size)
+    elif needs_model:
+        modules = {layer: m or layer for layer, m in modules.items()}
+
+    plans = []
+    for layer in layers:
+        s = {key: _setting(config, layer, key) for key in PER_LAYER_KEYS}
+        units = tuple(s["units"]) if isinstance(s["units"], list) else s["units"]
+        lp = LayerPlan(name=layer, module=modules[layer], channels=channels[layer],
+                       **{**s, "units": units})
+        if lp.channels is not None and lp.units_needed > lp.channels:
+            key = f"overrides.{layer}.units" if "units" in config.get("overrides", {}).get(layer, {}) else "units"
+            raise PlanError(f"config key '{key}': {lp.units_needed} units asked for but {layer} "
+                            f"has {lp.channels} channels (units 0..{lp.channels - 1})")
+        plans.append(lp)
+
+    shards = config["shards"]
+    listing = ""
+    if data["name"] == "tar_shards":
+        from .datasets.sources import tar_shard_list
+
+        n_tars = len(tar_shard_list(data["urls"]))
+        if shards != 1 and shards != n_tars:
+            warnings.append(f"shards: {shards} ignored: a tar_shards dataset has one shard per tar ({n_tars})")
+        shards = n_tars
+    else:
+        if data["name"] == "folder":
+            from .datasets.index import folder_listing
+
+            listing, count = folder_listing(data["path"])
+            bound = min(bound, count) if bound else count
+        if bound is not None and shards > max(bound, 1):
+            warnings.append(f"shards: {shards} is more than the {bound} images the dataset can "
+                            f"have; using {max(bound, 1)} shards")
+            shards = max(bound, 1)
+
+    device = config["device"]
+    if device == "cuda" and check_device:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PlanError("config key 'device': cuda asked for but torch sees no GPU here; "
+                            "valid: auto, cpu (or cuda on a machine with a GPU)")
+    key_source = {"model": model.as_dict(), "files": [_file_identity(f) for f in model_files]}
+    model_key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
+    return Plan(dataset=data, model=model, spec=spec, layers=tuple(plans), layout=layout,
+                shards=shards, projection=projection, inputs=config["inputs"],
+                verify=config["verify"], batch_size=config["batch_size"], device=device,
+                precision=config["precision"], warnings=tuple(warnings),
+                model_files=tuple(model_files), architecture_files=tuple(architecture_files),
+                dataset_files=tuple(dataset_files),
+                dataset_listing=listing, model_key=model_key)
+
+
+def _describe(spec: ModelSpec, model_cfg: ModelConfig, layers: list[str], projection: str):
+    """Build the model once (random weights) to resolve module paths, check that each layer's
+    module makes one feature map, count its channels, and for a model of the user's own check
+    that the deconvnet can invert it when asked for."""
+    from .hooks import LayerOutputError
+    from .models import build_model, resolve_layers
+    from .receptive_field import feature_sizes
+
+    try:
+        net = build_model(spec, weights=None, seed=model_cfg.seed)
+    except (ValueError, OSError) as e:
+        key = "model.export" if spec.kind == "export" else "model.python"
+        raise PlanError(f"config key '{key}': {e}") from None
+    if spec.kind == "export":
+        shape = getattr(net, "unitscope_input_shape", (None,) * 4)
+        if shape[2] is not None and shape[3] is not None:
+            if shape[2] != shape[3]:
+                raise PlanError(f"config key 'model.export': the program takes {shape[2]}×{shape[3]} "
+                                f"inputs; unitscope feeds square images: export it for square inputs")
+            if model_cfg.input_size and model_cfg.input_size != shape[2]:
+                raise PlanError(f"config key 'model.input_size': {model_cfg.input_size}, but the "
+                                f"program was exported for {shape[2]}×{shape[3]} inputs")
+            if not model_cfg.input_size:
+                spec = dataclasses.replace(spec, input_size=shape[2],
+                                           resize_size=model_cfg.resize_size or round(shape[2] / 0.875))
+    try:
+        modules = resolve_layers(spec, layers, model=net)
+        shapes = feature_sizes(net, modules, (spec.input_size, spec.input_size))
+    except (LayerOutputError, ValueError) as e:
+        raise PlanError(f"config key 'layers': {e}") from None
+    except RuntimeError as e:
+        raise PlanError(f"config key 'model': the model fails on a {spec.input_size}×"
+                        f"{spec.input_size} input: {str(e).splitlines()[0]}") from None
+    if projection == "deconvnet" and spec.kind != "builtin":
+        from .projections import deconvnet_refusal
+
+        reason = deconvnet_refusal(net, modules, spec.input_size)
+        if reason:
+            raise PlanError(f"config key 'projection': {reason}")
+    return modules, {layer: shapes[layer][0] for layer in layers}, spec

@@ -1,0 +1,201 @@
+"""One function per pipeline stage: file paths and plain values in, files out. The Snakemake rule
+(`workflow/scripts/stage.py`, which passes the rule's named inputs, outputs and params by name)
+and `python -m unitscope <stage>` are two doors into these same functions. Heavy modules are
+imported inside each function, so a stage loads only what it runs — and `fingerprint.py` reads
+these imports to know which code each stage depends on."""
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("unitscope")
+
+
+def _prep(model: dict):
+    from .inputs import Preprocessing
+    from .models import ModelConfig
+
+    return Preprocessing.of(ModelConfig.from_dict(model).spec())
+
+
+def _images(manifest: str, model: dict, inputs: list[str] | None = None):
+    from .inputs import image_source
+
+    return image_source(manifest, _prep(model), inputs or None)
+
+
+def dataset(spec: dict, manifest: str, rejected: str, resources: str = "resources",
+            threads: int = 1) -> None:
+    """Fetch and index a dataset into manifest.parquet and rejected.parquet."""
+    from .datasets.index import index_images
+    from .datasets.sources import candidates
+
+    index_images(candidates(spec, resources), manifest, rejected, threads)
+
+
+def inputs(manifest: str, model: dict, out: str, shard: int, shards: int, threads: int = 1) -> None:
+    """Preprocess one shard of images into the inputs store (inputs: store)."""
+    from .inputs import write_inputs
+
+    write_inputs(manifest, out, shard, shards, _prep(model), threads)
+
+
+def layers(model: dict, names: list[str], table: str, rf: list[str] | None = None) -> None:
+    """The layer table and each layer's per-position receptive-field boxes (no data needed)."""
+    from .layers import layer_table, write_layer_table
+    from .models import ModelConfig, build_model, resolve_layers
+
+    cfg = ModelConfig.from_dict(model)
+    spec = cfg.spec()
+    net = build_model(spec, weights=None, seed=cfg.seed)
+    modules = resolve_layers(spec, list(names), model=net)
+    t, boxes = layer_table(net, modules, (spec.input_size, spec.input_size))
+    write_layer_table(t, boxes, table, dict(zip(names, rf)) if rf else None)
+
+
+def activations(manifest: str, model: dict, names: list[str], out: list[str], shard: int,
+                shards: int, inputs: str | None = None, batch_size: int = 32, device: str = "auto",
+                precision: str = "fp32", model_key: str = "", threads: int = 1) -> None:
+    """Per-image spatial max/min statistics of each layer, for one shard."""
+    from .activations import run_inference
+
+    run_inference(manifest, model, list(names), list(out), shard, shards, inputs or None,
+                  batch_size, device, threads, precision, model_key)
+
+
+def topk(activations: list[str], manifest: str, table: str, rf: str, layer: str, k: int,
+         distinct: str, top: str, units: str, bottom: str, model_key: str | None = None) -> None:
+    """Top-k, bottom-k and unit statistics of one layer."""
+    from .topk import select_topk
+
+    select_topk(list(activations), manifest, table, rf, layer, k, distinct, model_key or None,
+                top, units, bottom)
+
+
+def shown(units: str, out: str, selection: dict) -> None:
+    """Choose the units a layer's figures show (shown/L.json)."""
+    from .shown import write_shown
+
+    write_shown(units, out, selection["units"], selection["pick"], selection["seed"])
+
+
+def ranges(activations: list[str], manifest: str, table: str, rf: str, units: str, shown: str,
+           layer: str, n_ranges: int, per_range: int, hist: str, out: str,
+           model_key: str | None = None) -> None:
+    """Every unit's histogram and the shown units' examples across their activation range."""
+    from .ranges import histogram_and_ranges
+    from .shown import read_shown
+
+    histogram_and_ranges(list(activations), manifest, table, rf, units, layer,
+                         read_shown(shown)["units"], n_ranges, per_range, model_key=model_key or None,
+                         hist_out=hist, ranges_out=out)
+
+
+def patches(top: str, manifest: str, model: dict, layer: str, out: str, patch_max_px: int = 128,
+            bottom: str | None = None, ranges: str | None = None,
+            inputs: list[str] | None = None) -> None:
+    """Cut the patches of a layer's examples (top-k and bottom-k of every unit, range examples)."""
+    from .examples import layer_examples
+    from .patches import cut_patches
+
+    entries = layer_examples(top, bottom, ranges)
+    with _images(manifest, model, inputs) as images:
+        cut_patches(entries, images, out, patch_max_px, layer)
+
+
+def _shown_examples(top, bottom, ranges, shown, figure, k=None):
+    from .examples import layer_examples
+    from .examples import MAX_SHOWN_PER_UNIT
+    from .shown import read_shown
+
+    kinds = {"top": ["top"], "bottom": ["bottom"], "both": ["top", "bottom"]}[figure] + ["range"]
+    return layer_examples(top, bottom, ranges, read_shown(shown)["units"], kinds,
+                          max_rank=min(k or MAX_SHOWN_PER_UNIT, MAX_SHOWN_PER_UNIT))
+
+
+def projections(top: str, shown: str, manifest: str, model: dict, layer: str, method: str,
+                out: str, figure: str = "top", patch_max_px: int = 128, bottom: str | None = None,
+                ranges: str | None = None, inputs: list[str] | None = None, threads: int = 1) -> None:
+    """Deconvnet / guided-backprop projections of the shown units' examples."""
+    import torch
+
+    from .models import ModelConfig, build_model, resolve_layers
+    from .projections import write_projections
+
+    torch.set_num_threads(max(threads, 1))
+    cfg = ModelConfig.from_dict(model)
+    spec = cfg.spec()
+    net = build_model(spec, cfg.weights, cfg.seed)
+    module = resolve_layers(spec, [layer], model=net)[layer]
+    entries = _shown_examples(top, bottom, ranges, shown, figure)
+    with _images(manifest, model, inputs) as images:
+        write_projections(entries, images, out, net, module, spec.mean, spec.std, method, patch_max_px)
+
+
+def verify(top: str, shown: str, manifest: str, model: dict, layer: str, out: str,
+           figure: str = "top", precision: str = "fp32", bottom: str | None = None,
+           threads: int = 1) -> None:
+    """Rerun the network on the shown examples and check their stored activations."""
+    import torch
+
+    from .models import ModelConfig, build_model, resolve_layers
+    from .verify import verify_examples
+
+    torch.set_num_threads(max(threads, 1))
+    cfg = ModelConfig.from_dict(model)
+    spec = cfg.spec()
+    net = build_model(spec, cfg.weights, cfg.seed)
+    module = resolve_layers(spec, [layer], model=net)[layer]
+    entries = _shown_examples(top, bottom, None, shown, figure)
+    entries = entries[entries["kind"] != "range"]
+    with _images(manifest, model, None) as images:  # from the source files, whatever the store says
+        verify_examples(entries, images, net, module, spec.mean, spec.std, precision, layer, out)
+
+
+def classes(model: dict, names: list[str], out: str) -> None:
+    """The strongest class weights of the units of any layer right before the classifier."""
+    from .classes import write_class_weights
+
+    write_class_weights(model, list(names), out)
+
+
+def grids(patches: str, units: str, shown: str, table: str, manifest: str, layer: str, out: str,
+          unit_dir: str, display_px: int = 64, k: int = 9, panels: str = "patches",
+          figure: str = "top", projections: str | None = None, verify: str | None = None,
+          facts: dict | None = None) -> None:
+    """The layer figure and one figure per shown unit."""
+    import pandas as pd
+
+    from .grids import FigureFacts, draw_grids
+    from .layers import layer_row
+    from .shown import read_shown
+
+    row = layer_row(table, layer)
+    doc = read_shown(shown)
+    erf = None
+    if verify:
+        v = pd.read_parquet(verify)
+        erf = int(v.loc[v["kind"] == "top", "erf_px"].median()) if (v["kind"] == "top").any() else None
+    rf = ((int(row["rf_size"]), int(row["rf_size_x"])) if bool(row["rf_affine"])
+          else (int(row["rf_max_h"]), int(row["rf_max_w"])))
+    picked = {"listed": "listed in the config"}.get(doc["pick"], f"picked by {doc['pick']}")
+    info = FigureFacts(layer=layer, module=str(row["module"]),
+                       shape=(int(row["channels"]), int(row["height"]), int(row["width"])),
+                       input_size=int(row["input_h"]), rf=rf, rf_affine=bool(row["rf_affine"]),
+                       erf=erf, picked=picked, notes=list(doc.get("notes", [])),
+                       n_images=len(pd.read_parquet(manifest, columns=["image_id"])),
+                       **(facts or {}))
+    draw_grids(patches, units, doc, out, unit_dir, display_px, k, info, projections, panels, figure)
+
+
+def gallery(table: str, manifest: str, rejected: str, model: dict, layers: dict, out: str,
+            title: str = "", method: str = "", classes: str | None = None,
+            inputs: list[str] | None = None) -> None:
+    """The browsable static site. `layers` maps each layer to its files (gallery.LayerFiles)."""
+    import pandas as pd
+
+    from .gallery import LayerFiles, build_gallery
+
+    files = {name: LayerFiles(**f) for name, f in layers.items()}
+    with _images(manifest, model, inputs) as images:
+        build_gallery(table, manifest, files, images, _prep(model), out, title,
+                      len(pd.read_parquet(rejected)), method, classes)

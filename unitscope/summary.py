@@ -1,0 +1,25 @@
+"""The few lines a finished run prints: how many images were used and set aside, and where the
+figures, the gallery and the report are."""
+from __future__ import annotations
+
+import os
+
+
+def run_summary(plan) -> str:
+    """A short summary of what a run of `plan` has produced so far."""
+    import pyarrow.parquet as pq
+
+    L = plan.layout
+    lines = ["", "unitscope: done."]
+    if os.path.exists(L.manifest):
+        used = pq.ParquetFile(L.manifest).metadata.num_rows
+        rejected = pq.ParquetFile(L.rejected).metadata.num_rows if os.path.exists(L.rejected) else 0
+        lines.append(f"  images: {used:,} used" + (f", {rejected:,} set aside (reasons in "
+                                                  f"{L.rejected})" if rejected else ""))
+    figures = [L.grid(layer) for layer in plan.layer_names if os.path.exists(L.grid(layer))]
+    if figures:
+        lines.append(f"  figures: {os.path.dirname(figures[0])}/ ({', '.join(os.path.basename(f) for f in figures)})")
+    if os.path.exists(os.path.join(L.gallery, "index.html")):
+        lines.append(f"  gallery: {os.path.abspath(os.path.join(L.gallery, 'index.html'))}")
+    lines.append("  report: snakemake --report report.zip")
+    return "\n".join(lines)

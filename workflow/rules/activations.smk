@@ -1,0 +1,30 @@
+# One forward pass per shard captures every configured layer; each layer gets its own file so
+# that the later stages of a layer depend on that layer's files only.
+rule activations:
+    input:
+        unpack(shard_inputs),
+        manifest=L.manifest,
+        model_files=PLAN.model_files,
+    output:
+        out=[L.activations(layer, "{shard}") for layer in LAYERS],
+    log:
+        L.log("activations", "shard-{shard}"),
+    benchmark:
+        L.benchmark("activations", "shard-{shard}")
+    params:
+        model=MODEL,
+        names=LAYERS,
+        shard=shard_index,
+        shards=PLAN.shards,
+        batch_size=PLAN.batch_size,
+        device=PLAN.device,
+        precision=PLAN.precision,
+        model_key=PLAN.model_key,
+        code=stage_fingerprint("activations"),
+    threads: 2
+    resources:
+        gpu=1 if PLAN.device == "cuda" else 0,  # on SLURM: sbatch --gpus=1
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"

@@ -1,0 +1,43 @@
+# The images: indexed once into the manifest (reruns when any file of the dataset changes), and,
+# with `inputs: store`, preprocessed once into one HDF5 file per shard.
+rule dataset:
+    input:
+        dataset_files=PLAN.dataset_files,
+    output:
+        manifest=L.manifest,
+        rejected=L.rejected,
+    log:
+        L.log("dataset"),
+    benchmark:
+        L.benchmark("dataset")
+    params:
+        spec=PLAN.dataset,
+        resources="resources",
+        listing=PLAN.dataset_listing,
+        code=stage_fingerprint("dataset"),
+    threads: 2
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"
+
+
+rule inputs:
+    input:
+        manifest=L.manifest,
+    output:
+        out=L.inputs("{shard}"),
+    log:
+        L.log("inputs", "shard-{shard}"),
+    benchmark:
+        L.benchmark("inputs", "shard-{shard}")
+    params:
+        model=MODEL,
+        shard=shard_index,
+        shards=PLAN.shards,
+        code=stage_fingerprint("inputs"),
+    threads: 2
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"

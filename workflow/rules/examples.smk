@@ -1,0 +1,79 @@
+# Per layer: the patches of its examples, the projections of the shown units' examples back to
+# pixel space, and the re-verification of the shown examples against a fresh forward pass.
+rule patches:
+    input:
+        top=L.topk("{layer}"),
+        bottom=L.bottomk("{layer}"),
+        ranges=L.ranges("{layer}"),
+        manifest=L.manifest,
+        inputs=stored_inputs,
+    output:
+        out=L.patches("{layer}"),
+    log:
+        L.log("patches", "{layer}"),
+    benchmark:
+        L.benchmark("patches", "{layer}")
+    params:
+        model=MODEL,
+        layer=layer_name,
+        patch_max_px=setting("patch_max_px"),
+        code=stage_fingerprint("patches"),
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"
+
+
+rule projections:
+    input:
+        top=L.topk("{layer}"),
+        bottom=L.bottomk("{layer}"),
+        ranges=L.ranges("{layer}"),
+        shown=L.shown("{layer}"),
+        manifest=L.manifest,
+        model_files=PLAN.model_files,
+        inputs=stored_inputs,
+    output:
+        out=L.projections("{layer}"),
+    log:
+        L.log("projections", "{layer}"),
+    benchmark:
+        L.benchmark("projections", "{layer}")
+    params:
+        model=MODEL,
+        layer=layer_name,
+        method=PLAN.projection,
+        figure=setting("figure"),
+        patch_max_px=setting("patch_max_px"),
+        code=stage_fingerprint("projections"),
+    threads: 2
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"
+
+
+rule verify:
+    input:
+        top=L.topk("{layer}"),
+        bottom=L.bottomk("{layer}"),
+        shown=L.shown("{layer}"),
+        manifest=L.manifest,
+        model_files=PLAN.model_files,
+    output:
+        out=L.verify("{layer}"),
+    log:
+        L.log("verify", "{layer}"),
+    benchmark:
+        L.benchmark("verify", "{layer}")
+    params:
+        model=MODEL,
+        layer=layer_name,
+        figure=setting("figure"),
+        precision=PLAN.precision,
+        code=stage_fingerprint("verify"),
+    threads: 2
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"

@@ -1,0 +1,70 @@
+# Per layer: the top-k/bottom-k tables and unit statistics (one pass over the shards), the units
+# the figures show (chosen once), and every unit's histogram with the shown units' examples across
+# their activation range (a second pass).
+rule topk:
+    input:
+        activations=layer_activations,
+        manifest=L.manifest,
+        table=L.layers_table,
+        rf=L.rf("{layer}"),
+    output:
+        top=L.topk("{layer}"),
+        units=L.units("{layer}"),
+        bottom=L.bottomk("{layer}"),
+    log:
+        L.log("topk", "{layer}"),
+    benchmark:
+        L.benchmark("topk", "{layer}")
+    params:
+        layer=layer_name,
+        k=setting("k"),
+        distinct=setting("distinct"),
+        model_key=PLAN.model_key,
+        code=stage_fingerprint("topk"),
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"
+
+
+rule shown:
+    input:
+        units=L.units("{layer}"),
+    output:
+        out=L.shown("{layer}"),
+    log:
+        L.log("shown", "{layer}"),
+    params:
+        selection=layer_selection,
+        code=stage_fingerprint("shown"),
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"
+
+
+rule ranges:
+    input:
+        activations=layer_activations,
+        manifest=L.manifest,
+        table=L.layers_table,
+        rf=L.rf("{layer}"),
+        units=L.units("{layer}"),
+        shown=L.shown("{layer}"),
+    output:
+        hist=L.hist("{layer}"),
+        out=L.ranges("{layer}"),
+    log:
+        L.log("ranges", "{layer}"),
+    benchmark:
+        L.benchmark("ranges", "{layer}")
+    params:
+        layer=layer_name,
+        n_ranges=setting("n_ranges"),
+        per_range=setting("per_range"),
+        model_key=PLAN.model_key,
+        code=stage_fingerprint("ranges"),
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"
