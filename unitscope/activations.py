@@ -1,75 +1,53 @@
 """Inference: one forward pass per batch captures every configured layer through forward hooks
-(stopping after the deepest one) and keeps, per image and unit, the spatial maximum and where it
-is. Per layer and shard an HDF5 file: `max` (N×C float32), `argmax_y`, `argmax_x` (N×C int32,
-the first maximum in row-major order), `image_id` (N,)."""
+(the first call of each module; the pass stops after the deepest one) and keeps, per image and
+unit, what the later stages need — never the full maps.
+
+Per layer and shard an HDF5 file (`activations/L/shard-XXX.h5`), rows = images of the shard:
+`image_id` (N,), `max` (N×C float32, the unit's spatial maximum), `argmax_y`, `argmax_x` (N×C
+uint16, the first maximum in row-major order), `mean` (N×C float32, the spatial mean: orders
+images tied at the maximum), `min`, `argmin_y`, `argmin_x` (the spatial minimum and its first
+position: the most inhibited examples). Attributes (see provenance.py): layer, module, shard,
+shards, first_id, n_images, manifest_sha256, model_key, precision, source (`stream`, or the
+content digest of the inputs-store shard read), content_sha."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import time
 
 import h5py
 import numpy as np
+import pandas as pd
 import torch
 
-from .atomic import atomic_path
-from .models import ModelSpec, build_model, get_spec, resolve_layers
+from .atomic import atomic_path, check_free_space
+from .hooks import FirstCalls
+from .inputs import Preprocessing, decoded_batches, shard_rows
 from .progress import Progress
+from .provenance import Digest, file_sha256, open_checked, stamp
 
 log = logging.getLogger("unitscope")
 
-
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-DATASETS = (("max", "float32"), ("argmax_y", "int32"), ("argmax_x", "int32"))  # per layer file
+# dataset name -> dtype, in the order rows are written and digested
+DATASETS = {"max": np.float32, "argmax_y": np.uint16, "argmax_x": np.uint16, "mean": np.float32,
+            "min": np.float32, "argmin_y": np.uint16, "argmin_x": np.uint16}
+BYTES_PER_UNIT = sum(np.dtype(t).itemsize for t in DATASETS.values())
 
 
-class _Done(Exception):
-    """Raised by the last hook to stop the forward pass at the deepest requested layer."""
-
-
-def spatial_max(fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per (image, channel) of an N×C×H×W map: the maximum and the (y, x) of its first occurrence
-    in row-major order (deterministic where a map has ties, e.g. all-zero ReLU maps)."""
+def spatial_stats(fmap: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per (image, channel) of an N×C×H×W map: maximum, minimum and the (y, x) of their first
+    occurrence in row-major order (deterministic where a map has ties, e.g. all-zero ReLU maps),
+    and the spatial mean."""
     n, c, h, w = fmap.shape
     flat = fmap.reshape(n, c, h * w)
-    values = flat.amax(dim=2)
     order = torch.arange(h * w, device=fmap.device, dtype=torch.int32)
-    first = torch.where(flat == values.unsqueeze(2), order, h * w).amin(dim=2)
-    return values, first // w, first % w
-
-
-class LayerMaxima:
-    """Forward hooks that reduce each wanted module's output to spatial max/argmax, and stop the
-    forward pass once all have fired."""
-
-    def __init__(self, model: torch.nn.Module, modules: dict[str, str]):
-        self.results: dict[str, tuple[torch.Tensor, ...]] = {}
-        named = dict(model.named_modules())
-        self.handles = [named[m].register_forward_hook(self._hook(layer))
-                        for layer, m in modules.items()]
-        self.n = len(modules)
-
-    def _hook(self, layer: str):
-        def hook(module, inputs, output):
-            self.results[layer] = spatial_max(output.float())
-            if len(self.results) == self.n:
-                raise _Done
-        return hook
-
-    def run(self, model: torch.nn.Module, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
-        self.results = {}
-        try:
-            model(x)
-        except _Done:
-            pass
-        if len(self.results) != self.n:
-            raise RuntimeError("some layers never ran in the forward pass")
-        return self.results
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
+    out = {"mean": flat.mean(dim=2)}
+    for name, values in (("max", flat.amax(dim=2)), ("min", flat.amin(dim=2))):
+        first = torch.where(flat == values.unsqueeze(2), order, h * w).amin(dim=2)
+        out[name], out[f"arg{name}_y"], out[f"arg{name}_x"] = values, first // w, first % w
+    return out
 
 
 def pick_device(device: str) -> torch.device:
@@ -83,29 +61,71 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def run_inference(inputs_path: str | os.PathLike, model_name: str, layers: list[str],
-                  out_paths: list[str | os.PathLike], weights: str | None = "imagenet",
-                  batch_size: int = 32, device: str = "auto", threads: int = 1,
-                  precision: str = "fp32", spec: ModelSpec | None = None) -> int:
-    """Write one activation file per layer for the images of one inputs shard; returns the
-    number of images."""
+def stored_batches(path: str | os.PathLike, shard: int, shards: int, manifest_sha: str,
+                   prep: Preprocessing, batch_size: int, digest: Digest):
+    """(image_ids, uint8 batch) from an inputs-store shard, checked to be that shard of this
+    manifest, its content digest recomputed as it is read (checked after the last batch)."""
+    want = {"shard": shard, "shards": shards, "manifest_sha256": manifest_sha,
+            "input_size": prep.input_size, "resize_size": prep.resize_size,
+            "resample": prep.resample}
+    with open_checked(path, "inputs", want) as f:
+        ids = f["image_id"][:]
+        digest.update("image_id", ids)
+        images = f["images"]
+        for s in range(0, len(ids), batch_size):
+            batch = images[s:s + batch_size]
+            digest.update("images", batch)
+            yield ids[s:s + batch_size], batch
+        if digest.hexdigest() != f.attrs["content_sha"]:
+            from .provenance import StaleFileError
+
+            raise StaleFileError(path, "its images are not the ones it was written with")
+
+
+def run_inference(manifest_path: str | os.PathLike, model_cfg: dict, layers: list[str],
+                  out_paths: list[str | os.PathLike], shard: int = 0, shards: int = 1,
+                  inputs_path: str | os.PathLike | None = None, batch_size: int = 32,
+                  device: str = "auto", threads: int = 1, precision: str = "fp32",
+                  model_key: str = "") -> int:
+    """Write one activation file per layer for the images of one shard, decoded from their
+    files (stream) or read from an inputs-store shard; returns the number of images."""
+    from .models import ModelConfig, batch_limit, build_model, resolve_layers
+
     if len(layers) != len(out_paths):
         raise ValueError(f"{len(layers)} layers but {len(out_paths)} output paths")
     torch.set_num_threads(max(threads, 1))
-    spec = spec or get_spec(model_name)
-    modules = resolve_layers(model_name, layers, spec)
-    model = build_model(model_name, weights, spec)
-    return record_maxima(model, modules, spec.mean, spec.std, inputs_path,
-                         dict(zip(layers, out_paths)), batch_size, device, precision)
+    cfg = ModelConfig.from_dict(model_cfg)
+    spec = cfg.spec()
+    model = build_model(spec, cfg.weights, cfg.seed)
+    modules = resolve_layers(spec, layers, model=model)
+    if batch_limit(model, batch_size) < batch_size:
+        log.warning("the export file takes batches of %d only (exported without a dynamic batch "
+                    "dimension); running batches of that size", batch_limit(model, batch_size))
+        batch_size = batch_limit(model, batch_size)
+    prep = Preprocessing.of(spec)
+    manifest_sha = file_sha256(manifest_path)
+    rows = shard_rows(pd.read_parquet(manifest_path), shard, shards)
+    if inputs_path:
+        source_digest = Digest()
+        batches = stored_batches(inputs_path, shard, shards, manifest_sha, prep, batch_size,
+                                 source_digest)
+        source = "store"
+    else:
+        batches = decoded_batches(rows, prep, batch_size, workers=max(threads, 1))
+        source = "stream"
+    meta = {"shard": shard, "shards": shards, "manifest_sha256": manifest_sha,
+            "model_key": model_key, "precision": precision, "source": source}
+    return record_maxima(model, modules, spec.mean, spec.std, batches, len(rows),
+                         dict(zip(layers, out_paths)), device, precision, meta,
+                         first_id=int(rows["image_id"].iloc[0]) if len(rows) else -1)
 
 
-def record_maxima(model: torch.nn.Module, modules: dict[str, str], mean, std,
-                  inputs_path: str | os.PathLike, out_paths: dict[str, str | os.PathLike],
-                  batch_size: int = 32, device: str = "auto", precision: str = "fp32") -> int:
-    """The inference stage for any model: `modules` maps layer name -> module path, `mean` and
-    `std` (0–255 scale) normalise the uint8 inputs, `out_paths` maps layer name -> file."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+def record_maxima(model: torch.nn.Module, modules: dict[str, str], mean, std, batches,
+                  n: int, out_paths: dict[str, str | os.PathLike], device: str = "auto",
+                  precision: str = "fp32", meta: dict | None = None, first_id: int = 0) -> int:
+    """The inference stage for any model: `modules` maps layer name -> module path, `batches`
+    yields (image_ids, N×H×W×3 uint8), `mean` and `std` (0–255 scale) normalise them, `out_paths`
+    maps layer name -> file."""
     layers = list(modules)
     dev = pick_device(device)
     model = model.to(dev).eval()
@@ -119,60 +139,100 @@ def record_maxima(model: torch.nn.Module, modules: dict[str, str], mean, std,
         raise ValueError(f"precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     autocast = (torch.autocast(dev.type, dtype=PRECISIONS[precision])
                 if PRECISIONS[precision] is not None else contextlib.nullcontext())
-    maxima = LayerMaxima(model, modules)
+    results: dict[str, dict[str, torch.Tensor]] = {}
+    digests = {layer: Digest() for layer in layers}
+    waited = computed = 0.0
     with contextlib.ExitStack() as stack:
-        stack.callback(maxima.close)
-        f_in = stack.enter_context(h5py.File(inputs_path, "r"))
-        images, image_ids = f_in["images"], f_in["image_id"][:]
-        n = len(image_ids)
-        outs = []
+        calls = stack.enter_context(FirstCalls(
+            model, modules, lambda layer, out: results.__setitem__(layer, spatial_stats(out.float()))))
+        files = {}
         for layer in layers:
             tmp = stack.enter_context(atomic_path(out_paths[layer]))
-            f = stack.enter_context(h5py.File(tmp, "w"))
-            f.create_dataset("image_id", data=image_ids)
-            f.attrs.update(layer=layer, module=modules[layer])
-            outs.append(f)
-        pool = stack.enter_context(ThreadPoolExecutor(1))
-        progress = Progress(n, f"activations {os.path.basename(str(inputs_path))}")
-        starts = list(range(0, n, batch_size))
-
-        def read(s: int) -> torch.Tensor:
-            return torch.from_numpy(images[s:s + batch_size])
-
-        pending = pool.submit(read, starts[0]) if starts else None
-        for i, s in enumerate(starts):
-            batch = pending.result()
-            if i + 1 < len(starts):
-                pending = pool.submit(read, starts[i + 1])  # read the next batch meanwhile
+            files[layer] = stack.enter_context(h5py.File(tmp, "w"))
+        progress = Progress(n, f"activations of {n} images")
+        row = 0
+        ids_all = []
+        clock = time.perf_counter()
+        for ids, batch in batches:
+            now = time.perf_counter()
+            waited += now - clock
+            t = torch.from_numpy(np.ascontiguousarray(batch))
             if dev.type == "cuda":
-                batch = batch.pin_memory().to(dev, non_blocking=True)
-            x = batch.permute(0, 3, 1, 2).float().sub_(mean).div_(std)
+                t = t.pin_memory().to(dev, non_blocking=True)
+            x = t.permute(0, 3, 1, 2).float().sub_(mean).div_(std)
             x = x.contiguous(memory_format=torch.channels_last)
+            results.clear()
             with torch.inference_mode(), autocast:
-                res = maxima.run(model, x)
-            for f, layer in zip(outs, layers):
-                values, ys, xs = (t.cpu().numpy() for t in res[layer])
-                if s == 0:
-                    for name, dt in DATASETS:
-                        f.create_dataset(name, (n, values.shape[1]), dtype=dt)
-                f["max"][s:s + len(values)] = values
-                f["argmax_y"][s:s + len(values)] = ys
-                f["argmax_x"][s:s + len(values)] = xs
-            progress.update(len(batch))
-        if n == 0:
-            for f in outs:
-                for name, dt in DATASETS:
+                calls.run(model, x)
+            for layer in layers:
+                stats = {k: v.cpu().numpy() for k, v in results[layer].items()}
+                f = files[layer]
+                if row == 0:
+                    c = stats["max"].shape[1]
+                    for layer_ in [layer]:
+                        check_free_space(out_paths[layer_], n * (c * BYTES_PER_UNIT + 8))
+                    for name, dt in DATASETS.items():
+                        f.create_dataset(name, (n, c), dtype=dt, chunks=(min(max(n, 1), 1024), c))
+                for name, dt in DATASETS.items():
+                    values = stats[name].astype(dt)
+                    f[name][row:row + len(ids)] = values
+                    digests[layer].update(name, values)
+            ids_all.append(np.asarray(ids, np.int64))
+            row += len(ids)
+            clock = time.perf_counter()
+            computed += clock - now
+            progress.update(len(ids))
+        if row != n:
+            raise RuntimeError(f"expected {n} images in the shard, got {row}")
+        ids = np.concatenate(ids_all) if ids_all else np.zeros(0, np.int64)
+        for layer in layers:
+            f = files[layer]
+            if n == 0:
+                for name, dt in DATASETS.items():
                     f.create_dataset(name, (0, 0), dtype=dt)
+            f.create_dataset("image_id", data=ids)
+            digests[layer].update("image_id", ids)
+            stamp(f, "activations", layer=layer, module=modules[layer], n_images=n,
+                  first_id=int(ids[0]) if n else -1, content_sha=digests[layer].hexdigest(),
+                  **(meta or {}))
+    busy = computed / max(computed + waited, 1e-9)
+    log.info("activations: %d images; the %s was busy %.0f%% of the time (%.1f s computing, "
+             "%.1f s waiting for images)", n, dev.type.upper() if dev.type == "cuda" else "model",
+             100 * busy, computed, waited)
     return n
+
+
+def write_layer_file(path: str | os.PathLike, layer: str, image_ids: np.ndarray,
+                     arrays: dict[str, np.ndarray], **meta) -> None:
+    """One activation file written at once from in-memory arrays (N×C each; any of the datasets
+    missing is derived: argmax/argmin 0, mean = max, min = max), stamped like the stage's."""
+    ids = np.asarray(image_ids, np.int64)
+    full = dict(arrays)
+    full.setdefault("mean", full["max"])
+    full.setdefault("min", full["max"])
+    for name in ("argmax_y", "argmax_x", "argmin_y", "argmin_x"):
+        full.setdefault(name, np.zeros(full["max"].shape, np.int64))
+    digest = Digest()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, dt in DATASETS.items():
+            values = np.asarray(full[name]).astype(dt).reshape(len(ids), np.shape(full["max"])[-1])
+            f.create_dataset(name, data=values)
+            digest.update(name, values)
+        f.create_dataset("image_id", data=ids)
+        digest.update("image_id", ids)
+        stamp(f, "activations", layer=layer, n_images=len(ids),
+              first_id=int(ids[0]) if len(ids) else -1, content_sha=digest.hexdigest(),
+              **{"module": layer, "shard": 0, "shards": 1, "manifest_sha256": "",
+                 "model_key": "", "precision": "fp32", "source": "test", **meta})
 
 
 def read_layer(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
     """All rows of a layer's activation files, concatenated (for tests and small data)."""
-    parts = {k: [] for k in ("image_id", "max", "argmax_y", "argmax_x")}
+    parts: dict[str, list] = {k: [] for k in ("image_id", *DATASETS)}
     for p in paths:
-        with h5py.File(p, "r") as f:
+        with open_checked(p, "activations") as f:
             if len(f["image_id"]) == 0:
                 continue
             for k in parts:
                 parts[k].append(f[k][:])
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}

@@ -1,23 +1,45 @@
 """The images exactly as the network sees them: EXIF-oriented, RGB, cropped to the manifest's box,
-shorter side resized to the model's `resize_size`, centre-cropped to `input_size`. One HDF5 file per
-shard: `images` (N×H×W×3 uint8) and `image_id` (N,). Inference and patch cropping both read it."""
+shorter side resized to the model's `resize_size`, centre-cropped to `input_size` — one function,
+`load_image`, used by every stage, so that every stage sees bit-identical pixels.
+
+Two ways to get them (`inputs:` in the config):
+- stream: `DecodedImages` decodes from the source files on demand; inference decodes its shard
+  with parallel workers (`decoded_batches`); no copy of the dataset is written.
+- store: `write_inputs` writes each shard once to `inputs/shard-XXX.h5` (`images` N×H×W×3 uint8,
+  `image_id` (N,), stamped with its provenance); `StoredImages` reads it."""
 from __future__ import annotations
 
+import io
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator
 
 import h5py
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
+from .atomic import atomic_path, check_free_space
 from .progress import Progress
+from .provenance import Digest, StaleFileError, file_sha256, open_checked, stamp
 
 log = logging.getLogger("unitscope")
 
-
 RESAMPLE = {"bilinear": 2, "bicubic": 3, "lanczos": 1}  # PIL.Image.Resampling values
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the network's input."""
+
+    resize_size: int
+    input_size: int
+    resample: str = "bicubic"
+
+    @classmethod
+    def of(cls, spec) -> "Preprocessing":
+        return cls(spec.resize_size, spec.input_size, spec.resample)
 
 
 def shard_range(n_images: int, shard: int, shards: int) -> tuple[int, int]:
@@ -27,27 +49,56 @@ def shard_range(n_images: int, shard: int, shards: int) -> tuple[int, int]:
     return shard * n_images // shards, (shard + 1) * n_images // shards
 
 
-def load_image(path: str, crop: tuple[int, int, int, int] | None, resize_size: int,
-               input_size: int, resample: str = "bicubic") -> np.ndarray:
-    """One image as the network sees it (H×W×3 uint8); `resample` names the Pillow filter
-    (bilinear, bicubic, lanczos) of the resize the weights were trained with."""
+def shard_rows(manifest: pd.DataFrame, shard: int, shards: int) -> pd.DataFrame:
+    """The manifest rows of one shard: for tar shards the images of that tar, otherwise a
+    contiguous range of image ids."""
+    if "shard" in manifest and manifest["shard"].notna().any():
+        if not 0 <= shard < shards:
+            raise ValueError(f"shard {shard} outside 0..{shards - 1}")
+        return manifest[manifest["shard"] == shard]
+    lo, hi = shard_range(len(manifest), shard, shards)
+    return manifest.iloc[lo:hi]
+
+
+def _opened(row):
+    """The image bytes a manifest row names: a file, or a member inside a tar."""
+    offset = getattr(row, "member_offset", None)
+    if offset is None or pd.isna(offset):
+        return open(row.path, "rb")
+    with open(row.path, "rb") as f:
+        f.seek(int(offset))
+        return io.BytesIO(f.read(int(row.member_size)))
+
+
+def _crop_of(row) -> tuple[int, int, int, int] | None:
+    left = getattr(row, "crop_left", None)
+    if left is None or pd.isna(left):
+        return None
+    return int(row.crop_left), int(row.crop_top), int(row.crop_right), int(row.crop_bottom)
+
+
+def load_image(row, prep: Preprocessing) -> np.ndarray:
+    """One image (a manifest row: path, optional crop box and tar member) as the network sees it
+    (H×W×3 uint8)."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
+    crop = _crop_of(row)
+    with _opened(row) as fh, Image.open(fh) as im:
         if crop is None and im.format == "JPEG":
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still leaves enough pixels.
             w, h = im.size
-            s = resize_size / min(w, h)
+            s = prep.resize_size / min(w, h)
             im.draft("RGB", (int(w * s) + 1, int(h * s) + 1))
         im = to_rgb(ImageOps.exif_transpose(im))
         if crop is not None:
             im = im.crop(crop)
         w, h = im.size
-        s = resize_size / min(w, h)
-        nw, nh = max(input_size, round(w * s)), max(input_size, round(h * s))
-        im = im.resize((nw, nh), RESAMPLE[resample], reducing_gap=3.0)
-        left, top = (nw - input_size) // 2, (nh - input_size) // 2
-        im = im.crop((left, top, left + input_size, top + input_size))
+        s = prep.resize_size / min(w, h)
+        n = prep.input_size
+        nw, nh = max(n, round(w * s)), max(n, round(h * s))
+        im = im.resize((nw, nh), RESAMPLE[prep.resample], reducing_gap=3.0)
+        left, top = (nw - n) // 2, (nh - n) // 2
+        im = im.crop((left, top, left + n, top + n))
         return np.asarray(im, dtype=np.uint8)
 
 
@@ -71,72 +122,143 @@ def to_rgb(im):
     return im.convert("RGB")
 
 
-def _crop_of(row) -> tuple[int, int, int, int] | None:
-    if pd.isna(row.crop_left):
-        return None
-    return int(row.crop_left), int(row.crop_top), int(row.crop_right), int(row.crop_bottom)
+def decoded_batches(rows: pd.DataFrame, prep: Preprocessing, batch_size: int, workers: int,
+                    prefetch: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(image_ids, N×H×W×3 uint8) batches of the given manifest rows, in order, decoded by a pool
+    of `workers` threads (Pillow releases the GIL while decoding) up to `prefetch` batches ahead."""
+    items = list(rows.itertuples(index=False))
+    starts = list(range(0, len(items), batch_size))
+    with ThreadPoolExecutor(max(workers, 1)) as pool:
+        def submit(s):
+            part = items[s:s + batch_size]
+            return [r.image_id for r in part], [pool.submit(load_image, r, prep) for r in part]
+
+        pending = [submit(s) for s in starts[:prefetch]]
+        for i in range(len(starts)):
+            ids, futures = pending.pop(0)
+            if i + prefetch < len(starts):
+                pending.append(submit(starts[i + prefetch]))
+            yield np.asarray(ids, np.int64), np.stack([f.result() for f in futures])
 
 
 def write_inputs(manifest_path: str | os.PathLike, out_path: str | os.PathLike, shard: int,
-                 shards: int, resize_size: int, input_size: int, threads: int = 1,
-                 resample: str = "bicubic") -> int:
+                 shards: int, prep: Preprocessing, threads: int = 1) -> int:
     """Preprocess the images of one shard into `out_path`; returns how many it holds."""
     manifest = pd.read_parquet(manifest_path)
-    lo, hi = shard_range(len(manifest), shard, shards)
-    rows = manifest.iloc[lo:hi]
+    rows = shard_rows(manifest, shard, shards)
+    n = prep.input_size
+    check_free_space(out_path, len(rows) * n * n * 3)
     progress = Progress(len(rows), f"inputs shard {shard}")
+    digest = Digest()
+    ids = rows["image_id"].to_numpy(dtype=np.int64)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
-        images = f.create_dataset("images", (len(rows), input_size, input_size, 3), dtype="uint8",
-                                  chunks=(1, input_size, input_size, 3) if len(rows) else None)
-        f.create_dataset("image_id", data=rows["image_id"].to_numpy(dtype=np.int64))
-        f.attrs.update(resize_size=resize_size, input_size=input_size, shard=shard, shards=shards,
-                       resample=resample)
-
-        def work(row):
-            return load_image(row.path, _crop_of(row), resize_size, input_size, resample)
-
-        with ThreadPoolExecutor(max(threads, 1)) as pool:
-            for i, arr in enumerate(pool.map(work, rows.itertuples(index=False))):
-                images[i] = arr
-                progress.update(1)
-    log.info("inputs shard %d: images %d..%d", shard, lo, hi - 1)
+        images = f.create_dataset("images", (len(rows), n, n, 3), dtype="uint8",
+                                  chunks=(1, n, n, 3) if len(rows) else None)
+        f.create_dataset("image_id", data=ids)
+        digest.update("image_id", ids)
+        i = 0
+        for _, batch in decoded_batches(rows, prep, 16, threads):
+            images[i:i + len(batch)] = batch
+            digest.update("images", batch)
+            i += len(batch)
+            progress.update(len(batch))
+        stamp(f, "inputs", shard=shard, shards=shards, first_id=int(ids[0]) if len(ids) else -1,
+              n_images=len(ids), manifest_sha256=file_sha256(manifest_path),
+              resize_size=prep.resize_size, input_size=n, resample=prep.resample,
+              content_sha=digest.hexdigest())
+    log.info("inputs shard %d: %d images", shard, len(rows))
     return len(rows)
 
 
-class InputImages:
-    """The images of an inputs store by image_id, across its shard files (each opened once).
-    Use as a context manager; `in_storage_order` sorts ids for sequential reads."""
+class ImageSource:
+    """The images of one run by image_id, as the network sees them. Use as a context manager."""
 
-    def __init__(self, input_paths: list[str | os.PathLike]):
-        self.where = input_locations([str(p) for p in input_paths])
-        self._files: dict[str, h5py.File] = {}
+    input_size: int
 
-    def __enter__(self) -> "InputImages":
+    def __getitem__(self, image_id: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def in_order(self, image_ids) -> list[int]:
+        """The ids sorted for the cheapest reading order."""
+        return sorted(int(i) for i in image_ids)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DecodedImages(ImageSource):
+    """Images decoded from their source files through `load_image` (stream mode); the last
+    `cache` decoded images are kept (a stage asks for the same image for several units)."""
+
+    def __init__(self, manifest_path: str | os.PathLike, prep: Preprocessing, cache: int = 256):
+        self.manifest = pd.read_parquet(manifest_path).set_index("image_id", drop=False)
+        self.prep = prep
+        self.input_size = prep.input_size
+        self._cache: dict[int, np.ndarray] = {}
+        self._size = cache
+
+    def __getitem__(self, image_id: int) -> np.ndarray:
+        image_id = int(image_id)
+        if image_id in self._cache:
+            self._cache[image_id] = self._cache.pop(image_id)  # most recently used last
+            return self._cache[image_id]
+        try:
+            row = self.manifest.loc[image_id]
+        except KeyError:
+            raise ValueError(f"image {image_id} is not in the manifest") from None
+        image = load_image(row, self.prep)
+        self._cache[image_id] = image
+        if len(self._cache) > self._size:
+            self._cache.pop(next(iter(self._cache)))
+        return image
+
+
+class StoredImages(ImageSource):
+    """Images read from inputs-store shards, each checked to be a shard of this manifest with
+    the expected preprocessing."""
+
+    def __init__(self, input_paths: list[str | os.PathLike], manifest_path: str | os.PathLike,
+                 prep: Preprocessing):
+        self.where: dict[int, tuple[str, int]] = {}
+        self._files: dict[str, h5py.File] = {}
+        self.input_size = prep.input_size
+        want = {"manifest_sha256": file_sha256(manifest_path), "input_size": prep.input_size,
+                "resize_size": prep.resize_size, "resample": prep.resample,
+                "shards": len(input_paths)}
+        for i, p in enumerate(input_paths):
+            with open_checked(p, "inputs", {**want, "shard": i}) as f:
+                for row, image_id in enumerate(f["image_id"][:]):
+                    self.where[int(image_id)] = (str(p), row)
+
+    def __getitem__(self, image_id: int) -> np.ndarray:
+        if int(image_id) not in self.where:
+            raise ValueError(f"image {image_id} is in no inputs shard")
+        path, row = self.where[int(image_id)]
+        if path not in self._files:
+            self._files[path] = h5py.File(path, "r")
+        try:
+            return self._files[path]["images"][row]
+        except (OSError, KeyError) as e:
+            raise StaleFileError(path, f"is damaged ({e})") from None
+
+    def in_order(self, image_ids) -> list[int]:
+        return sorted((int(i) for i in image_ids), key=lambda i: self.where.get(i, ("", i)))
+
+    def close(self) -> None:
         for f in self._files.values():
             f.close()
         self._files.clear()
 
-    def __contains__(self, image_id: int) -> bool:
-        return int(image_id) in self.where
 
-    def __getitem__(self, image_id: int) -> np.ndarray:
-        path, row = self.where[int(image_id)]
-        if path not in self._files:
-            self._files[path] = h5py.File(path, "r")
-        return self._files[path]["images"][row]
-
-    def in_storage_order(self, image_ids) -> list[int]:
-        return sorted((int(i) for i in image_ids), key=lambda i: self.where[i])
-
-
-def input_locations(input_paths: list[str]) -> dict[int, tuple[str, int]]:
-    """image_id -> (shard file, row) over a set of input shards."""
-    where = {}
-    for p in input_paths:
-        with h5py.File(p, "r") as f:
-            for row, image_id in enumerate(f["image_id"][:]):
-                where[int(image_id)] = (p, row)
-    return where
+def image_source(manifest_path: str | os.PathLike, prep: Preprocessing,
+                 input_paths: list[str | os.PathLike] | None = None) -> ImageSource:
+    """StoredImages where inputs-store shards are given, DecodedImages otherwise."""
+    if input_paths:
+        return StoredImages(input_paths, manifest_path, prep)
+    return DecodedImages(manifest_path, prep)

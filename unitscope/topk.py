@@ -1,8 +1,24 @@
-"""Streaming top-k per unit over images. `TopK` keeps, for every unit at once, the k strongest
-(activation, image) pairs seen so far — with `distinct="group"` at most one per group — ordered
-by activation descending, ties by image_id ascending. `add` takes a whole chunk of images; merging
-shards is just adding them (or loading another TopK's `state_dict` and adding it), so the result
-never depends on how the images were split."""
+"""Streaming top-k and bottom-k per unit over images.
+
+`TopK` keeps, for every unit at once, the k strongest (activation, image) pairs seen so far —
+with `distinct="group"` at most one per group — ordered by activation (descending), then by a
+secondary score that depends on the image (the map's spatial mean: among images tied at a unit's
+maximum, e.g. a ReLU6 unit at its cap, the one where more of the map fires comes first), then by
+image_id. `add` takes a whole chunk of images; merging shards is just adding them (or loading
+another TopK's `state_dict` and adding it), so the result never depends on how the images were
+split. The bottom-k is the same class over negated minima.
+
+`select_topk` streams a layer's activation shards once, checking each is the shard it should be
+(provenance.py), and writes three tables:
+
+- `topk/L.parquet`: layer, unit, rank (0 = strongest), image_id, activation (the unit's spatial
+  maximum on the image), spatial_mean (the secondary score), y, x (feature-map position of the
+  maximum), y0, x0, y1, x1 (its receptive-field box from `rf/L.parquet`: input pixels,
+  end-exclusive, not clipped);
+- `bottomk/L.parquet`: the same columns for the k images with the most negative spatial minimum
+  (activation = that minimum; only negative ones; rank 0 = most negative);
+- `units/L.parquet`: see unit_stats.py; plus label (the most common label among the unit's top-k
+  images) and purity (its share)."""
 from __future__ import annotations
 
 import logging
@@ -11,21 +27,25 @@ import os
 import h5py
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
+from .activations import DATASETS
 from .atomic import atomic_path
-from .geometry import field_of, layer_row
+from .inputs import shard_rows
+from .layers import layer_row, read_boxes
 from .progress import Progress
+from .provenance import Digest, StaleFileError, file_sha256, open_checked
 from .unit_stats import UnitStats
 
 log = logging.getLogger("unitscope")
 
-FIELDS = ("activation", "image_id", "y", "x", "group")
+FIELDS = ("activation", "score", "image_id", "y", "x", "group")
 DISTINCT = ("image", "group")
+TABLE_COLUMNS = ["layer", "unit", "rank", "image_id", "activation", "spatial_mean", "y", "x",
+                 "y0", "x0", "y1", "x1"]
 
 
 class TopK:
-    """The k strongest entries per unit (columns), kept as C×k arrays."""
+    """The k strongest entries per unit (rows), kept as C×k arrays."""
 
     def __init__(self, k: int, units: int, distinct: str = "image"):
         if k < 1:
@@ -34,38 +54,42 @@ class TopK:
             raise ValueError(f"distinct {distinct!r}; valid: {', '.join(DISTINCT)}")
         self.k, self.units, self.distinct = k, units, distinct
         self.activation = np.full((units, 0), -np.inf, dtype=np.float32)
+        self.score = np.zeros((units, 0), dtype=np.float32)
         self.image_id = np.zeros((units, 0), dtype=np.int64)
         self.y = np.zeros((units, 0), dtype=np.int32)
         self.x = np.zeros((units, 0), dtype=np.int32)
         self.group = np.zeros((units, 0), dtype=np.int64)
 
     def add(self, activation: np.ndarray, image_id: np.ndarray, y: np.ndarray, x: np.ndarray,
-            group: np.ndarray | None = None) -> None:
-        """Add a chunk: activation, y, x are N×C (one row per image), image_id and group are (N,).
-        Also accepts C×M arrays of per-unit candidates when image_id/group are C×M too."""
+            group: np.ndarray | None = None, score: np.ndarray | None = None) -> None:
+        """Add a chunk: activation, y, x, score are N×C (one row per image), image_id and group
+        are (N,). Also accepts C×M arrays of per-unit candidates when image_id/group are C×M."""
         if activation.size == 0:
             return
         if group is None:
             group = image_id
+        if score is None:
+            score = np.zeros_like(activation, dtype=np.float32)
         if image_id.ndim == 1:  # rows are images: turn into unit-major C×N candidates
             n = len(image_id)
             if activation.shape != (n, self.units):
                 raise ValueError(f"expected {n}×{self.units} activations, got {activation.shape}")
-            activation, y, x = activation.T, y.T, x.T
+            activation, y, x, score = activation.T, y.T, x.T, score.T
             image_id = np.broadcast_to(image_id, (self.units, n))
             group = np.broadcast_to(group, (self.units, n))
+        new = (activation, score, image_id, y, x, group)
         if self.distinct == "image" and activation.shape[1] > 4 * self.k:
             # cheap linear pre-selection first, so that only the few survivors are gathered
-            cand = self._preselect(activation, image_id, y, x, group)
+            cand = self._preselect(new)
         else:
-            cand = [np.concatenate([getattr(self, f), v], axis=1) for f, v in
-                    zip(FIELDS, (activation, image_id, y, x, group))]
-        act, img = cand[0], cand[1]
-        # Sort each unit's candidates: activation descending, then image_id ascending.
-        order = np.lexsort((img, -act.astype(np.float64)), axis=1)
+            cand = [np.concatenate([getattr(self, f), v.astype(getattr(self, f).dtype)], axis=1)
+                    for f, v in zip(FIELDS, new)]
+        act, sc, img = cand[0], cand[1], cand[2]
+        # each unit's candidates: activation descending, then score descending, then image_id
+        order = np.lexsort((img, -sc.astype(np.float64), -act.astype(np.float64)), axis=1)
         cand = [np.take_along_axis(c, order, axis=1) for c in cand]
         if self.distinct == "group":
-            keep = _first_per_group(cand[4])
+            keep = _first_per_group(cand[5])
             rank = np.cumsum(keep, axis=1) - 1
             keep &= rank < self.k
             width = min(self.k, int(keep.sum(axis=1).max()))
@@ -79,11 +103,11 @@ class TopK:
         for f, c in zip(FIELDS, cand):
             setattr(self, f, np.ascontiguousarray(c))
 
-    def _preselect(self, activation, image_id, y, x, group) -> list[np.ndarray]:
+    def _preselect(self, new) -> list[np.ndarray]:
         """Per unit, the kept entries and the new ones whose activation is at least the unit's
         k-th largest (every tie at the boundary stays in), packed into C×W arrays padded with
         -inf. Linear time: a partition, not a sort; only survivors are gathered."""
-        act = np.concatenate([self.activation, activation], axis=1)
+        act = np.concatenate([self.activation, new[0]], axis=1)
         kth = -np.partition(-act, self.k - 1, axis=1)[:, self.k - 1]
         keep = act >= kth[:, None]
         rows, cols = np.nonzero(keep)
@@ -92,7 +116,7 @@ class TopK:
         old = cols < self.activation.shape[1]
         new_cols = cols - self.activation.shape[1]
         out = []
-        for f, v in zip(FIELDS, (activation, image_id, y, x, group)):
+        for f, v in zip(FIELDS, new):
             mine = getattr(self, f)
             picked = np.empty(len(rows), dtype=mine.dtype)
             picked[old] = mine[rows[old], cols[old]]
@@ -105,12 +129,14 @@ class TopK:
         return out
 
     def result(self) -> pd.DataFrame:
-        """One row per (unit, rank) actually filled: unit, rank, image_id, activation, y, x."""
+        """One row per (unit, rank) actually filled: unit, rank, image_id, activation,
+        spatial_mean, y, x."""
         units, ranks = np.nonzero(np.isfinite(self.activation))
         return pd.DataFrame({
             "unit": units.astype(np.int64), "rank": ranks.astype(np.int64),
             "image_id": self.image_id[units, ranks].astype(np.int64),
             "activation": self.activation[units, ranks].astype(np.float32),
+            "spatial_mean": self.score[units, ranks].astype(np.float32),
             "y": self.y[units, ranks].astype(np.int64), "x": self.x[units, ranks].astype(np.int64),
         })
 
@@ -123,6 +149,11 @@ class TopK:
         for f in FIELDS:
             setattr(self, f, state[f].copy())
 
+    def add_state(self, state: dict) -> None:
+        """Merge another TopK's state (a shard's partial result)."""
+        self.add(state["activation"], state["image_id"], state["y"], state["x"], state["group"],
+                 state["score"])
+
 
 def _first_per_group(group: np.ndarray) -> np.ndarray:
     """C×M mask of the first occurrence of each group value within each row."""
@@ -134,53 +165,128 @@ def _first_per_group(group: np.ndarray) -> np.ndarray:
     return first.reshape(c, m)
 
 
-def iter_chunks(paths: list[str | os.PathLike], chunk: int):
-    """(image_id, max, argmax_y, argmax_x) in chunks of at most `chunk` images over shard files."""
-    for p in paths:
-        with h5py.File(p, "r") as f:
-            n = len(f["image_id"])
-            for s in range(0, n, chunk):
-                yield (f["image_id"][s:s + chunk], f["max"][s:s + chunk],
-                       f["argmax_y"][s:s + chunk], f["argmax_x"][s:s + chunk])
+class ActivationShards:
+    """A layer's activation shards, each checked before and while it is read: the right layer,
+    shard index and count, manifest and model; its image ids exactly the shard's ids of the
+    manifest; every value finite; its content digest unchanged."""
+
+    def __init__(self, paths: list[str | os.PathLike], manifest_path: str | os.PathLike,
+                 layer: str, model_key: str | None = None):
+        self.paths = [str(p) for p in paths]
+        self.layer = layer
+        self.manifest_sha = file_sha256(manifest_path)
+        self.manifest = pd.read_parquet(manifest_path, columns=None)
+        self.model_key = model_key
+        self.n_images = len(self.manifest)
+
+    def expect(self, shard: int) -> dict:
+        want = {"layer": self.layer, "shard": shard, "shards": len(self.paths),
+                "manifest_sha256": self.manifest_sha}
+        if self.model_key:
+            want["model_key"] = self.model_key
+        return want
+
+    def chunks(self, chunk: int, columns=tuple(DATASETS)):
+        """(image_id, {name: N×C array}) over all shards, in chunks of at most `chunk` images.
+        All datasets are read (the digest needs every byte); `columns` are the ones returned."""
+        for i, path in enumerate(self.paths):
+            want_ids = shard_rows(self.manifest, i, len(self.paths))["image_id"].to_numpy(np.int64)
+            with open_checked(path, "activations", self.expect(i)) as f:
+                ids = f["image_id"][:]
+                if len(ids) != len(want_ids) or (ids != want_ids).any():
+                    got = f"{len(ids)} images" + (f" ({ids[0]}..{ids[-1]})" if len(ids) else "")
+                    raise StaleFileError(path, f"holds {got}, but shard {i} of the manifest is "
+                                               f"{len(want_ids)} images"
+                                         + (f" ({want_ids[0]}..{want_ids[-1]})" if len(want_ids) else ""))
+                digest = Digest()
+                n = len(ids)
+                for s in range(0, n, chunk):
+                    part = {name: f[name][s:s + chunk] for name in DATASETS}
+                    for name in DATASETS:
+                        digest.update(name, part[name])
+                    for name in ("max", "min", "mean"):
+                        bad = ~np.isfinite(part[name])
+                        if bad.any():
+                            r, u = (int(v) for v in np.argwhere(bad)[0])
+                            raise StaleFileError(path, f"holds a non-finite {name} ({part[name][r, u]}) "
+                                                       f"for unit {u} of image {ids[s + r]} (the model "
+                                                       f"overflowed, e.g. in fp16, or the file is damaged)")
+                    yield ids[s:s + chunk], {name: part[name] for name in columns}
+                digest.update("image_id", ids)
+                if digest.hexdigest() != f.attrs.get("content_sha"):
+                    raise StaleFileError(path, "its values are not the ones it was written with")
 
 
 def select_topk(activation_paths: list[str | os.PathLike], manifest_path: str | os.PathLike,
-                layers_path: str | os.PathLike, layer: str, k: int = 9, distinct: str = "image",
+                layers_path: str | os.PathLike, rf_path: str | os.PathLike, layer: str,
+                k: int = 9, distinct: str = "image", model_key: str | None = None,
                 topk_out: str | os.PathLike | None = None, units_out: str | os.PathLike | None = None,
-                chunk: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Top-k table and unit statistics of one layer, streamed over its activation shards.
-
-    topk columns: layer, unit, rank, image_id, activation, y, x, y0, x0, y1, x1 (the receptive
-    field box in input pixels, exclusive ends, not clipped). units columns: layer, unit, max,
-    mean, q50, q90, q99, frac_active."""
+                bottomk_out: str | os.PathLike | None = None, chunk: int | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Top-k, bottom-k and unit statistics of one layer, streamed over its activation shards."""
     row = layer_row(layers_path, layer)
-    units = int(row["units"])
-    chunk = chunk or max(256, 4_000_000 // units)  # about 100 MB of working arrays
+    units, height, width = int(row["units"]), int(row["height"]), int(row["width"])
+    boxes = read_boxes(rf_path, height, width)
+    chunk = chunk or max(256, 2_000_000 // units)  # about 100 MB of working arrays
+    shards = ActivationShards(activation_paths, manifest_path, layer, model_key)
     top = TopK(k, units, distinct)
+    bottom = TopK(k, units, distinct)
     group_code = None
-    if distinct == "group":  # one int per image: the only part that grows with the images
-        manifest = pd.read_parquet(manifest_path, columns=["image_id", "group"])
+    if distinct == "group":
+        manifest = shards.manifest
         group_code = np.full(int(manifest["image_id"].max()) + 1, -1, np.int64)
         group_code[manifest["image_id"].to_numpy()] = pd.factorize(manifest["group"])[0]
     stats = UnitStats(units)
-    progress = Progress(pq.ParquetFile(manifest_path).metadata.num_rows, f"top-k {layer}")
-    for image_id, values, ys, xs in iter_chunks(activation_paths, chunk):
-        top.add(values, image_id, ys, xs, None if group_code is None else group_code[image_id])
-        stats.add(values)
+    progress = Progress(shards.n_images, f"top-k {layer}")
+    for image_id, a in shards.chunks(chunk):
+        if a["max"].shape[1] != units:
+            raise StaleFileError(activation_paths[0], f"has {a['max'].shape[1]} units, the layer "
+                                                      f"table says {units}")
+        groups = None if group_code is None else group_code[image_id]
+        top.add(a["max"], image_id, a["argmax_y"], a["argmax_x"], groups, a["mean"])
+        bottom.add(-a["min"], image_id, a["argmin_y"], a["argmin_x"], groups, -a["mean"])
+        stats.add(a["max"], a["min"])
         progress.update(len(image_id))
     if stats.count == 0:
         raise ValueError(f"layer {layer}: the activation files hold no image")
-    table = top.result()
-    rf = field_of(row)
-    table["y0"] = rf.y.start + rf.y.stride * table["y"]
-    table["x0"] = rf.x.start + rf.x.stride * table["x"]
-    table["y1"] = table["y0"] + rf.y.size
-    table["x1"] = table["x0"] + rf.x.size
-    table.insert(0, "layer", layer)
+    table = _with_boxes(top.result(), boxes, layer)
+    low = bottom.result()
+    low["activation"], low["spatial_mean"] = -low["activation"], -low["spatial_mean"]
+    low = _with_boxes(low[low["activation"] < 0].reset_index(drop=True), boxes, layer)
     unit_table = stats.result()
     unit_table.insert(0, "layer", layer)
-    for t, path in ((table, topk_out), (unit_table, units_out)):
+    unit_table = label_purity(unit_table, table, shards.manifest)
+    for t, path in ((table, topk_out), (unit_table, units_out), (low, bottomk_out)):
         if path is not None:
             with atomic_path(path) as tmp:
                 t.to_parquet(tmp, index=False)
-    return table, unit_table
+    return table, unit_table, low
+
+
+def label_purity(units: pd.DataFrame, top: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Each unit's most common label among its top-k images (ties: the alphabetically first) and
+    its share of them (purity); empty where the dataset has no labels."""
+    units = units.copy()
+    labels = manifest.set_index("image_id")["label"] if "label" in manifest else None
+    if labels is None or labels.isna().all() or top.empty:
+        units["label"] = pd.array([None] * len(units), dtype="string")
+        units["purity"] = np.nan
+        return units
+    t = top[["unit", "image_id"]].assign(label=labels.reindex(top["image_id"]).to_numpy())
+    t = t.dropna(subset=["label"])
+    counts = t.groupby(["unit", "label"]).size().rename("n").reset_index()
+    counts = counts.sort_values(["unit", "n", "label"], ascending=[True, False, True])
+    best = counts.drop_duplicates("unit").set_index("unit")
+    totals = top.groupby("unit").size()
+    units["label"] = pd.array(best["label"].reindex(units["unit"]).to_numpy(), dtype="string")
+    units["purity"] = (best["n"].reindex(units["unit"]) / totals.reindex(units["unit"])).to_numpy(np.float64)
+    return units
+
+
+def _with_boxes(table: pd.DataFrame, boxes: np.ndarray, layer: str) -> pd.DataFrame:
+    """The rf box of each row's position, and the table's columns in order."""
+    b = boxes[table["y"].to_numpy(), table["x"].to_numpy()].reshape(-1, 4)
+    for i, name in enumerate(("y0", "x0", "y1", "x1")):
+        table[name] = b[:, i].astype(np.int64)
+    table.insert(0, "layer", layer)
+    return table[TABLE_COLUMNS]

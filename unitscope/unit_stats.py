@@ -1,9 +1,18 @@
-"""Per-unit statistics of the per-image maxima: max, mean, quantiles, share of images where the
-unit is active (> 0). Used to pick which units a figure shows.
+"""Per-unit statistics of the per-image maxima (and minima), streamed: used to pick which units a
+figure shows and to say, on the figure, what kind of unit it is.
 
-Memory does not grow with the images: max, sum and active counts are running values; quantiles
-come from a uniform reservoir sample of at most `reservoir` images (all units share it), so they
-are exact up to that many images and a sample beyond (rank error about 1/√reservoir)."""
+`units/L.parquet`, one row per unit: layer, unit, max (over images of the unit's spatial
+maximum), mean (of those maxima), q50, q90, q99 (their quantiles), frac_active (share of images
+where the maximum is > 0), min (the smallest value the unit takes anywhere: negative where it
+can be inhibited), floor (the smallest per-image maximum: where its histogram starts), pos_min
+(the smallest positive per-image maximum: where activation ranges start), n_at_max (images whose
+maximum equals the unit's maximum), dead (never positive on this dataset), saturated (two or more
+images reach the maximum exactly: a clamp such as ReLU6's cap, so the top-k is ordered by the
+secondary score).
+
+Memory does not grow with the images: extremes, sums and counts are running values; quantiles come
+from a uniform reservoir sample of at most `reservoir` images (all units share it), so they are
+exact up to that many images and a sample beyond (rank error about 1/√reservoir)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,23 +22,36 @@ QUANTILES = {"q50": 0.5, "q90": 0.9, "q99": 0.99}
 
 
 class UnitStats:
-    """Running statistics over chunks of N×C per-image maxima."""
+    """Running statistics over chunks of N×C per-image maxima (and minima)."""
 
     def __init__(self, units: int, reservoir: int = 8192, seed: int = 0):
         self.units, self.size = units, reservoir
         self.count = 0
         self.sum = np.zeros(units, np.float64)
-        self.max = np.full(units, -np.inf, np.float64)
+        self.max = np.full(units, -np.inf, np.float32)
+        self.n_at_max = np.zeros(units, np.int64)
+        self.min = np.full(units, np.inf, np.float32)
+        self.floor = np.full(units, np.inf, np.float32)
+        self.pos_min = np.full(units, np.inf, np.float32)
         self.active = np.zeros(units, np.int64)
         self.sample = np.zeros((0, units), np.float32)
         self._rng = np.random.default_rng(seed)
 
-    def add(self, values: np.ndarray) -> None:
+    def add(self, values: np.ndarray, minima: np.ndarray | None = None) -> None:
         if values.size == 0:
             return
         values = np.asarray(values, np.float32)
         self.sum += values.sum(axis=0, dtype=np.float64)
-        self.max = np.maximum(self.max, values.max(axis=0))
+        chunk_max = values.max(axis=0)
+        at_chunk_max = (values == chunk_max).sum(axis=0)
+        self.n_at_max = np.where(chunk_max > self.max, at_chunk_max,
+                                 np.where(chunk_max == self.max, self.n_at_max + at_chunk_max,
+                                          self.n_at_max))
+        self.max = np.maximum(self.max, chunk_max)
+        self.floor = np.minimum(self.floor, values.min(axis=0))
+        positive = np.where(values > 0, values, np.inf).min(axis=0)
+        self.pos_min = np.minimum(self.pos_min, positive)
+        self.min = np.minimum(self.min, (values if minima is None else np.asarray(minima, np.float32)).min(axis=0))
         self.active += (values > 0).sum(axis=0)
         # reservoir sampling (Algorithm R) over image rows, a chunk at a time
         free = max(0, min(self.size - len(self.sample), len(values)))
@@ -55,4 +77,10 @@ class UnitStats:
         for name, q in zip(QUANTILES, qs):
             out[name] = q
         out["frac_active"] = (self.active / max(self.count, 1)).astype(np.float32)
+        out["min"] = self.min.astype(np.float32)
+        out["floor"] = self.floor.astype(np.float32)
+        out["pos_min"] = np.where(np.isfinite(self.pos_min), self.pos_min, np.nan).astype(np.float32)
+        out["n_at_max"] = self.n_at_max.astype(np.int64)
+        out["dead"] = self.max <= 0
+        out["saturated"] = (self.n_at_max >= 2) & (self.max > 0)
         return out

@@ -1,0 +1,145 @@
+"""Re-verification of the shown examples (the check Yosinski's deep-visualization-toolbox makes):
+the network is run again, in float32, on the image of every shown top-k (and bottom-k) row, and
+the stored activation and its position are compared with what the network gives now. It is the
+end-to-end guard against any stale or corrupt cache: wrong weights, a swapped or damaged shard,
+an image that changed. A mismatch stops the run naming the unit, rank and image.
+
+Tolerance: the stored value must equal the recomputed one within rtol·|value| + atol·scale, where
+scale is the largest |activation| among the unit's checked rows; the recomputed map at the stored
+position must be within the same tolerance of the map's maximum (a near-tie may move the peak).
+rtol = atol = 1e-3 for fp32 inference, 1e-2 for fp16, 5e-2 for bf16 (the stored values then come
+from lower precision than the check).
+
+The same pass measures each row's **effective receptive field**: the side of the smallest square,
+centred on the field's centre, that holds 90% of the input-gradient mass (|∂activation/∂pixel|
+summed over colour channels) — the part of the theoretical field that matters. Clamps pass the
+gradient through their upper cap, as for the projections, so a saturated unit has one too.
+
+`verify/L.parquet`, one row per checked example: layer, kind, unit, rank, image_id, stored,
+recomputed, y, x, peak_y, peak_x, ok, erf_px."""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .atomic import atomic_path
+from .hooks import FirstCalls
+from .inputs import ImageSource
+from .models import batch_limit
+from .progress import Progress
+from .projections import through_caps
+
+log = logging.getLogger("unitscope")
+
+TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "bf16": 5e-2}
+ERF_MASS = 0.9
+
+
+class VerificationError(RuntimeError):
+    """A stored activation does not match what the network gives now."""
+
+
+def effective_size(mass: np.ndarray, centre: tuple[float, float], share: float = ERF_MASS) -> int:
+    """Side of the smallest square centred at `centre` (input pixels) holding `share` of `mass`
+    (an H×W map of non-negative values); the image is the limit."""
+    total = float(mass.sum())
+    if total <= 0:
+        return 0
+    h, w = mass.shape
+    cy, cx = centre
+    limit = int(np.ceil(max(cy, h - cy, cx, w - cx)))
+    csum = mass.cumsum(0).cumsum(1)
+
+    def inside(r: int) -> float:
+        y0, y1 = max(0, int(np.floor(cy - r))), min(h, int(np.ceil(cy + r)))
+        x0, x1 = max(0, int(np.floor(cx - r))), min(w, int(np.ceil(cx + r)))
+        if y1 <= y0 or x1 <= x0:
+            return 0.0
+        s = csum[y1 - 1, x1 - 1]
+        if y0 > 0:
+            s -= csum[y0 - 1, x1 - 1]
+        if x0 > 0:
+            s -= csum[y1 - 1, x0 - 1]
+        if y0 > 0 and x0 > 0:
+            s += csum[y0 - 1, x0 - 1]
+        return float(s)
+
+    lo, hi = 0, limit
+    while lo < hi:  # smallest r with inside(r) >= share·total
+        mid = (lo + hi) // 2
+        if inside(mid) >= share * total:
+            hi = mid
+        else:
+            lo = mid + 1
+    return 2 * lo
+
+
+def verify_examples(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Module,
+                    module: str, mean, std, precision: str = "fp32", layer: str = "",
+                    out_path: str | os.PathLike | None = None, batch_size: int = 16) -> pd.DataFrame:
+    """Check every example row (kind, unit, rank, image_id, activation, y, x, y0, x0, y1, x1) and
+    measure its effective receptive field; raise VerificationError on the first mismatch."""
+    tol = TOLERANCE.get(precision, TOLERANCE["fp32"])
+    examples = examples.reset_index(drop=True)
+    scale = examples.groupby("unit")["activation"].transform(lambda v: v.abs().max()).to_numpy()
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    rows = []
+    progress = Progress(len(examples), f"verify {layer}", unit="examples")
+    batch_size = batch_limit(model, batch_size)
+    model = model.eval().to(memory_format=torch.channels_last)  # faster on the CPU
+    for s in range(0, len(examples), batch_size):
+        part = examples.iloc[s:s + batch_size]
+        batch = np.stack([images[i] for i in part["image_id"]])
+        x = ((torch.from_numpy(batch).permute(0, 3, 1, 2).float() - mean_t) / std_t
+             ).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        captured = {}
+        with torch.enable_grad(), FirstCalls(model, {"layer": module}, captured.__setitem__) as calls, \
+                through_caps():
+            calls.run(model, x)
+        fmap = captured["layer"]
+        b = torch.arange(len(part))
+        u = torch.tensor(part["unit"].to_numpy(), dtype=torch.long)
+        maps = fmap[b, u].detach().float().numpy()  # B×h×w
+        low = (part["kind"] == "bottom").to_numpy()
+        yy, xx = part["y"].to_numpy(), part["x"].to_numpy()
+        picked = fmap[b, u, torch.as_tensor(yy.copy()), torch.as_tensor(xx.copy())]
+        picked.sum().backward()
+        mass = x.grad.detach().abs().sum(1).numpy()
+        for i, r in enumerate(part.itertuples()):
+            m = -maps[i] if low[i] else maps[i]
+            flat = int(np.argmax(m))
+            peak = divmod(flat, m.shape[1])
+            recomputed = float(maps[i][r.y, r.x])
+            best = float(maps[i][peak])
+            t = tol * abs(recomputed) + tol * float(scale[s + i])
+            ok = abs(r.activation - recomputed) <= t and abs(best - recomputed) <= t
+            erf = effective_size(mass[i], ((r.y0 + r.y1) / 2, (r.x0 + r.x1) / 2))
+            rows.append({"layer": layer, "kind": r.kind, "unit": int(r.unit), "rank": int(r.rank),
+                         "image_id": int(r.image_id), "stored": float(r.activation),
+                         "recomputed": recomputed, "y": int(r.y), "x": int(r.x),
+                         "peak_y": int(peak[0]), "peak_x": int(peak[1]), "ok": bool(ok),
+                         "erf_px": int(erf)})
+            if not ok:
+                raise VerificationError(
+                    f"verify {layer}: unit {r.unit} {r.kind} rank {r.rank} image {r.image_id}: "
+                    f"stored activation {r.activation:.6g} at ({r.y}, {r.x}), but the network "
+                    f"gives {recomputed:.6g} there and {best:.6g} at {peak} (tolerance {t:.2g}); "
+                    f"the activation files are stale or corrupt: rerun them with "
+                    f"snakemake --forcerun on the layer's activations")
+        progress.update(len(part))
+    table = pd.DataFrame(rows, columns=["layer", "kind", "unit", "rank", "image_id", "stored",
+                                        "recomputed", "y", "x", "peak_y", "peak_x", "ok", "erf_px"])
+    if out_path is not None:
+        with atomic_path(out_path) as tmp:
+            table.to_parquet(tmp, index=False)
+    if len(table):
+        log.info("verify %s: %d examples match (largest difference %.2g); effective receptive "
+                 "field median %d px", layer, len(table),
+                 float((table["stored"] - table["recomputed"]).abs().max()),
+                 int(table["erf_px"].median()))
+    return table
