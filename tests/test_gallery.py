@@ -1,5 +1,6 @@
 """The gallery in headless Chromium: every link resolves, every image loads, a layer page with
-512 units renders and sorts, and a label of <script>alert(1)</script> shows as text."""
+96 units renders and sorts, unit pages show the histogram, range examples, bottom-k and labels,
+image pages are reached from every patch, and a label of <script>alert(1)</script> shows as text."""
 from __future__ import annotations
 
 import os
@@ -7,15 +8,22 @@ import shutil
 import urllib.parse
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
-from unitscope.gallery import build_gallery
+from conftest import affine_boxes, layer_frame
+from test_patches_and_grids import ArrayImages
+from unitscope.activations import write_layer_file
+from unitscope.examples import layer_examples
+from unitscope.gallery import LayerFiles, build_gallery
+from unitscope.inputs import Preprocessing
 from unitscope.patches import cut_patches
+from unitscope.provenance import file_sha256
+from unitscope.ranges import histogram_and_ranges
+from unitscope.shown import write_shown
+from unitscope.topk import select_topk
 
-REPO = Path(__file__).resolve().parents[1]
 EVIL = "<script>alert(1)</script>"
 
 
@@ -29,46 +37,51 @@ def chromium() -> str:
     return path
 
 
-def fake_results(tmp: Path, units: int = 512, k: int = 2, n_images: int = 6) -> Path:
-    """A results/D/M folder for one layer of `units` units, built with the real stages' writers."""
+def fake_results(tmp: Path, units: int = 96, n_images: int = 6):
+    """The files of one layer of `units` units, written by the real stages' writers."""
     res = tmp / "results" / "D" / "M"
-    (res / "topk").mkdir(parents=True)
-    (res / "units").mkdir()
-    (res / "patches").mkdir()
+    res.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    with h5py.File(res / "inputs.h5", "w") as f:
-        f["images"] = rng.integers(0, 255, (n_images, 32, 32, 3), dtype=np.uint8)
-        f["image_id"] = np.arange(n_images)
+    images = rng.integers(0, 255, (n_images, 32, 32, 3), dtype=np.uint8)
+    manifest = tmp / "results" / "D" / "manifest.parquet"
     pd.DataFrame({"image_id": np.arange(n_images), "path": [f"/data/img{i} <b>.jpg" for i in range(n_images)],
                   "group": [str(i) for i in range(n_images)],
-                  "label": [EVIL] + [f"class {i}" for i in range(1, n_images)],
-                  "width": 32, "height": 32}).to_parquet(tmp / "results" / "D" / "manifest.parquet")
-    pd.DataFrame([{"layer": "conv", "module": "features.1", "channels": units, "height": 8,
-                   "width": 8, "units": units, "activations": units * 64, "rf_size": 7,
-                   "rf_stride": 4, "rf_offset": 2.5, "rf_start": -1, "rf_size_x": 7,
-                   "rf_stride_x": 4, "rf_offset_x": 2.5, "rf_start_x": -1}]).to_parquet(res / "layers.parquet")
-    rows = []
-    for u in range(units):
-        for r in range(k):
-            y, x = rng.integers(0, 8, 2)
-            rows.append(("conv", u, r, (u + r) % n_images, float(10 - r + u / 1000), y, x,
-                         -1 + 4 * y, -1 + 4 * x, 6 + 4 * y, 6 + 4 * x))
-    pd.DataFrame(rows, columns=["layer", "unit", "rank", "image_id", "activation", "y", "x", "y0",
-                                "x0", "y1", "x1"]).to_parquet(res / "topk" / "conv.parquet")
-    pd.DataFrame({"layer": "conv", "unit": np.arange(units), "max": rng.random(units) * 10,
-                  "mean": 1.0, "q50": 1.0, "q90": 2.0, "q99": 3.0, "frac_active": 0.5}).to_parquet(
-        res / "units" / "conv.parquet")
-    cut_patches(res / "topk" / "conv.parquet", [res / "inputs.h5"], res / "patches" / "conv.h5")
-    return res
+                  "label": [EVIL] + [f"class {i % 2}" for i in range(1, n_images)],
+                  "width": 32, "height": 32}).to_parquet(manifest)
+    pd.DataFrame({"path": [], "reason": []}).to_parquet(tmp / "results" / "D" / "rejected.parquet")
+    table = layer_frame("conv", units, 8, 8, 7, 4, -1)
+    table["input_h"] = table["input_w"] = 32
+    table.to_parquet(res / "layers.parquet")
+    affine_boxes(8, 8, 7, 4, -1).to_parquet(res / "rf.parquet")
+    values = rng.normal(1.0, 2.0, (n_images, units)).astype(np.float32)
+    values[0, 0] = 100.0  # unit 0's top image carries the hostile label
+    ys, xs = rng.integers(0, 8, (2, n_images, units))
+    shard = res / "shard-000.h5"
+    write_layer_file(shard, "conv", np.arange(n_images),
+                     {"max": values, "argmax_y": ys, "argmax_x": xs, "min": values - 3,
+                      "argmin_y": xs, "argmin_x": ys}, manifest_sha256=file_sha256(manifest))
+    f = LayerFiles(topk=str(res / "topk.parquet"), units=str(res / "units.parquet"),
+                   shown=str(res / "shown.json"), patches=str(res / "patches.h5"),
+                   rf=str(res / "rf.parquet"), activations=[str(shard)],
+                   bottomk=str(res / "bottomk.parquet"), hist=str(res / "hist.parquet"),
+                   ranges=str(res / "ranges.parquet"))
+    select_topk([shard], manifest, res / "layers.parquet", f.rf, "conv", k=2, topk_out=f.topk,
+                units_out=f.units, bottomk_out=f.bottomk)
+    write_shown(f.units, f.shown, [0, 1, 2], "top", 0)
+    histogram_and_ranges([shard], manifest, res / "layers.parquet", f.rf, f.units, "conv",
+                         [0, 1, 2], 3, 1, hist_out=f.hist, ranges_out=f.ranges)
+    cut_patches(layer_examples(f.topk, f.bottomk, f.ranges), ArrayImages(images), f.patches, layer="conv")
+    return res, manifest, f, images
 
 
 def test_gallery_links_images_sorting_and_escaping_in_chromium(tmp_path):
     exe = chromium()
     from playwright.sync_api import sync_playwright
 
-    res = fake_results(tmp_path)
-    index = build_gallery(res, tmp_path / "results/D/manifest.parquet", [str(res / "inputs.h5")],
-                          res / "gallery", title="test gallery")
+    res, manifest, files, images = fake_results(tmp_path)
+    index = build_gallery(res / "layers.parquet", manifest, {"conv": files}, ArrayImages(images),
+                          Preprocessing(37, 32), res / "gallery", title="test gallery",
+                          rejected=0, method="guided_backprop")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -98,24 +111,35 @@ def test_gallery_links_images_sorting_and_escaping_in_chromium(tmp_path):
                     todo.append(href)
                 else:
                     linked_files.add(target.name)
-        assert len(seen) == 1 + 1 + 512  # index, the layer page, every unit page
+        # index, the layer page, every unit page, and a page per image the patches show
+        assert len(seen) == 1 + 1 + 96 + 6
         assert broken_links == [] and broken_images == []
         assert len(linked_files) == 6  # every unit page links to its source images
-        # the 512-unit layer page renders every thumbnail and sorts by max activation
+        # the layer page renders every thumbnail and sorts
         page.goto((res / "gallery/conv/index.html").as_uri())
-        assert page.locator("#units > a").count() == 512
+        assert page.locator("#units > a").count() == 96
         page.click("text=max activation")
         maxima = page.eval_on_selector_all("#units > a", "els => els.map(e => +e.dataset.max)")
         assert maxima == sorted(maxima, reverse=True)
+        page.click("text=label purity")
+        purity = page.eval_on_selector_all("#units > a", "els => els.map(e => +e.dataset.purity)")
+        assert purity == sorted(purity, reverse=True)
         page.click("text=unit id")
-        assert page.eval_on_selector_all("#units > a", "els => els.map(e => +e.dataset.unit)") == list(range(512))
-        shots = REPO / "results" / "test-artifacts"
-        shots.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(shots / "gallery-layer.png"))
-        # unit 0's top image carries the hostile label: shown as text, never run
+        assert page.eval_on_selector_all("#units > a", "els => els.map(e => +e.dataset.unit)") == list(range(96))
+        page.screenshot(path=str(tmp_path / "gallery-layer.png"))
+        # unit 0's page: histogram, bottom-k, range examples, labels; the hostile label as text
         page.goto((res / "gallery/conv/unit-0000.html").as_uri())
-        assert EVIL in page.inner_text("body")
-        assert "<b>.jpg" in page.inner_text("body")
-        page.screenshot(path=str(shots / "gallery-unit.png"), full_page=True)
+        body = page.inner_text("body")
+        for heading in ("Histogram of its per-image maxima", "Top 2 images", "Most negative (bottom-k)",
+                        "Across its range of activations", "Labels of its top images"):
+            assert heading in body, heading
+        assert page.locator("svg.hist rect").count() == 40
+        assert page.locator("svg.hist line").count() >= 2  # the examples marked on it
+        assert EVIL in body and "<b>.jpg" in body
+        assert "in the file: y" in body
+        page.screenshot(path=str(tmp_path / "gallery-unit.png"), full_page=True)
+        # an image page: the units that fire most on it, their boxes drawn
+        page.goto((res / "gallery/images/0000001.html").as_uri())
+        assert page.locator(".frame .box").count() == 5 and "of its max" in page.inner_text("body")
         browser.close()
     assert dialogs == []

@@ -1,4 +1,5 @@
-"""Deconvnet and guided backpropagation against what they must equal by construction."""
+"""Deconvnet and guided backpropagation against what they must equal by construction; clamps
+pass the signal through their cap; the display scale is robust to one bright pixel."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from unitscope.models import build_model
-from unitscope.projections import DeconvnetUnsupported, project, to_display
+from unitscope.models import MODELS, build_model
+from unitscope.projections import DeconvnetUnsupported, deconvnet_refusal, project, to_display
 
 
 def test_one_conv_layer_projection_is_the_filter_at_the_argmax():
@@ -66,16 +67,44 @@ def test_deconvnet_ignores_the_forward_relu_mask_guided_backprop_keeps_it():
 
 
 def test_deconvnet_refuses_residual_models_and_names_guided_backprop():
-    model = build_model("resnet18", None)
+    model = build_model(MODELS["resnet18"], None)
     with pytest.raises(DeconvnetUnsupported, match="use projection: guided_backprop"):
         project(model, "layer1", torch.randn(1, 3, 64, 64), [0], [0], [0], "deconvnet")
     proj = project(model, "layer1", torch.randn(1, 3, 64, 64), [0], [3], [3], "guided_backprop")
     assert proj.shape == (1, 3, 64, 64) and torch.isfinite(proj).all()
 
 
-def test_display_normalisation_maps_zero_to_mid_gray():
-    p = np.zeros((2, 2, 3), np.float32)
-    p[0, 0, 0], p[1, 1, 2] = 2.0, -1.0
+def test_display_normalisation_maps_zero_to_mid_gray_and_ignores_one_bright_pixel():
+    rng = np.random.default_rng(0)
+    p = rng.normal(0, 1.0, (40, 40, 3)).astype(np.float32)
+    p[0, 0, 0] = 1000.0  # one extreme value
     img, scale = to_display(p)
-    assert scale == 2.0
-    assert img[0, 0, 0] == 255 and img[0, 1, 0] == 128 and img[1, 1, 2] == round(128 - 63.5)
+    assert scale == pytest.approx(np.percentile(np.abs(p), 99.5))
+    assert scale < 5  # the outlier does not set the scale ...
+    assert img[0, 0, 0] == 255  # ... it is clipped
+    # so most of the image keeps its contrast: far more than 2% of pixels 16+ levels from gray
+    assert (np.abs(img.astype(int) - 128) >= 16).any(2).mean() > 0.5
+    zero, s0 = to_display(np.zeros((4, 4, 3)))
+    assert s0 == 0 and (zero == 128).all()
+
+
+def test_a_saturated_relu6_unit_still_gets_a_projection():
+    """A unit at ReLU6's cap: the plain gradient is zero there (the backward pass stops at the
+    cap), but the projection passes the signal through the cap as through a ReLU."""
+    model = nn.Sequential(nn.Conv2d(3, 1, 3, bias=False), nn.ReLU6()).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    x = torch.full((1, 3, 6, 6), 2.0)  # conv output 54: far above the cap
+    for method in ("guided_backprop", "deconvnet"):
+        proj = project(model, "1", x, [0], [1], [1], method)[0]
+        assert proj.abs().sum() > 0, method
+        assert (proj[:, 1:4, 1:4] == 6.0).all() and proj[:, 0].abs().sum() == 0
+    xg = x.clone().requires_grad_(True)
+    model(xg)[0, 0, 1, 1].backward()
+    assert xg.grad.abs().sum() == 0  # what the projection would be without the rule
+
+
+def test_the_deconvnet_check_names_what_it_cannot_invert():
+    spec = MODELS["resnet18"]
+    assert "add" in deconvnet_refusal(build_model(spec, None), {"L": "layer1"}, 64)
+    assert deconvnet_refusal(build_model(MODELS["alexnet"], None), {"L": "features.12"}, 224) is None

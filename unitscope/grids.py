@@ -1,52 +1,70 @@
-"""The layer figure of Zeiler & Fergus Fig. 2: for each selected unit a ceil(√k)-wide block of
-its top patches, all enlarged to one display size, thin gaps between patches and wider ones
-between units, captioned with the layer, the unit and the true receptive-field size."""
+"""The layer figure of Zeiler & Fergus Fig. 2, made to explain itself: a header that says what a
+unit is, how many the layer has and how big each one's patch is (theoretical and effective
+receptive field), then for each shown unit a ceil(√k)-wide block of its top patches (projections
+beside them), all drawn at one display size, its id and maximum underneath, marks for saturated
+units and units that never fire, and a legend line for the gray.
+
+A tile is the unit's receptive-field box around its peak, padded with gray where the box reaches
+outside the image (never shifted). Where the field spans half the input or more, a padded tile
+would be mostly gray: the tile then shows what the unit sees — the part of its field inside the
+image, the whole input once the field is larger than it — at full cell size, with the peak
+position marked, and the header says so. A figure shows at most 64 patches per unit and 64 units (the tables keep everything), so its
+size and memory are bounded whatever the config. Figure text is ASCII: Pillow's built-in font
+has no × or ≈."""
 from __future__ import annotations
 
 import logging
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .patches import read_index, read_patches
+from .patches import GRAY, file_attrs, padded, read_index, read_patches
+from .examples import MAX_SHOWN_PER_UNIT
 
 log = logging.getLogger("unitscope")
 
-PICKS = ("top", "random", "first")
-FIGURES = ("patches", "projections", "both")
+MAX_UNITS_PER_FIGURE = 64
+PANELS = ("patches", "projections", "both")
+FIGURES = ("top", "bottom", "both")
 PATCH_GAP = 2
 UNIT_GAP = 14
-TITLE_H = 28
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
+MUTED = (110, 110, 110)
+MARK = (230, 30, 30)
+EMPTY_TILE = (235, 235, 235)
 
 
-def select_units(units: pd.DataFrame, how_many: int | list[int], pick: str = "top",
-                 seed: int = 0) -> list[int]:
-    """Which units to show: `how_many` chosen by `pick` (top by max activation, random with
-    `seed`, first by unit id), or an explicit list of unit ids."""
-    n = len(units)
-    if isinstance(how_many, (list, tuple)):
-        bad = [u for u in how_many if not 0 <= int(u) < n]
-        if bad:
-            raise ValueError(f"units {bad} do not exist: this layer has units 0..{n - 1}")
-        return [int(u) for u in how_many]
-    if how_many < 1:
-        raise ValueError(f"units must be at least 1, got {how_many}")
-    if how_many > n:
-        raise ValueError(f"units: {how_many} asked for but this layer has only {n} channels")
-    if pick == "top":
-        order = units.sort_values(["max", "unit"], ascending=[False, True])["unit"]
-        return [int(u) for u in order[:how_many]]
-    if pick == "random":
-        return sorted(int(u) for u in np.random.default_rng(seed).choice(n, how_many, replace=False))
-    if pick == "first":
-        return list(range(how_many))
-    raise ValueError(f"pick {pick!r}; valid: {', '.join(PICKS)}")
+@dataclass
+class FigureFacts:
+    """What the header says: the layer, its shape and field, and how the units were chosen."""
+
+    model: str = ""
+    dataset: str = ""
+    n_images: int | None = None
+    layer: str = ""
+    module: str = ""
+    shape: tuple[int, int, int] = (0, 0, 0)
+    input_size: int = 0
+    rf: tuple[int, int] | None = None  # the field size (rows, columns); the largest if not affine
+    rf_affine: bool = True
+    erf: int | None = None              # median effective field (px), where measured
+    k: int = 9
+    picked: str = ""
+    method: str = ""                    # projection method
+    notes: list[str] = field(default_factory=list)
+
+    def covers_input(self) -> bool:
+        return self.rf is not None and self.input_size > 0 and min(self.rf) > self.input_size
+
+    def large(self) -> bool:
+        """The field spans half the input or more: tiles show what the unit sees, not padding."""
+        return self.rf is not None and self.input_size > 0 and 2 * min(self.rf) >= self.input_size
 
 
 def _font(size: int):
@@ -55,116 +73,258 @@ def _font(size: int):
     return ImageFont.load_default(size=size)
 
 
-def _enlarge(patch: np.ndarray, display_px: int):
-    """A patch scaled so its longer side is display_px: nearest-neighbour when enlarging (the
-    pixels stay visible), Lanczos when shrinking."""
+def _fit(image: np.ndarray, display_px: int, nearest: bool):
+    """An image scaled so its longer side is display_px (nearest-neighbour when enlarging small
+    patches: the pixels stay visible)."""
     from PIL import Image
 
-    h, w = patch.shape[:2]
-    s = display_px / max(h, w)
+    h, w = image.shape[:2]
+    s = display_px / max(h, w, 1)
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    return Image.fromarray(patch).resize(size, Image.NEAREST if s >= 1 else Image.LANCZOS)
+    resample = Image.NEAREST if (s >= 1 and nearest) else Image.LANCZOS
+    return Image.fromarray(np.ascontiguousarray(image)).resize(size, resample)
 
 
-def tile_grid(patches: list[np.ndarray], k: int, display_px: int):
-    """A unit's k tiles in a ceil(√k)-wide grid, thin gaps between them; missing ones light gray."""
+def make_tile(image: np.ndarray, entry, shrink: float, input_size: int, display_px: int,
+              fill=GRAY, seen: bool = False):
+    """One example drawn in a display_px cell: the padded box, or — with `seen` (a field that
+    spans half the input or more) — the part of the field inside the image at full cell size,
+    with the peak position (the field's centre) marked."""
+    from PIL import ImageDraw
+
+    box = (entry.y0, entry.x0, entry.y1, entry.x1)
+    vis = (entry.vy0, entry.vx0, entry.vy1, entry.vx1)
+    if seen and image.size:
+        tile = _fit(image, display_px, nearest=False)
+        s = tile.width / max(vis[3] - vis[1], 1)
+        cy = ((entry.y0 + entry.y1) / 2 - vis[0]) * s
+        cx = ((entry.x0 + entry.x1) / 2 - vis[1]) * s
+        d = ImageDraw.Draw(tile)
+        r = max(3, display_px // 12)
+        d.line([(cx - r, cy), (cx + r, cy)], fill=MARK, width=2)
+        d.line([(cx, cy - r), (cx, cy + r)], fill=MARK, width=2)
+        return tile
+    full, _ = padded(image, box, vis, shrink, fill)
+    return _fit(full, display_px, nearest=True)
+
+
+def tile_grid(tiles: list, k: int, display_px: int):
+    """A unit's tiles in a ceil(√k)-wide grid, thin gaps between them; missing ones light gray."""
     from PIL import Image
 
     cols = math.ceil(math.sqrt(k))
     rows = math.ceil(k / cols)
-    width = cols * display_px + (cols - 1) * PATCH_GAP
-    height = rows * display_px + (rows - 1) * PATCH_GAP
-    grid = Image.new("RGB", (width, height), BACKGROUND)
-    empty = Image.new("RGB", (display_px, display_px), (235, 235, 235))
+    grid = Image.new("RGB", (cols * display_px + (cols - 1) * PATCH_GAP,
+                             rows * display_px + (rows - 1) * PATCH_GAP), BACKGROUND)
+    empty = Image.new("RGB", (display_px, display_px), EMPTY_TILE)
     for i in range(rows * cols):
         r, c = divmod(i, cols)
-        tile = _enlarge(patches[i], display_px) if i < len(patches) else empty
+        tile = tiles[i] if i < len(tiles) else empty
         grid.paste(tile, (c * (display_px + PATCH_GAP) + (display_px - tile.width) // 2,
                           r * (display_px + PATCH_GAP) + (display_px - tile.height) // 2))
     return grid
 
 
-def unit_block(tile_sets: list[list[np.ndarray]], k: int, display_px: int, label: str):
-    """One unit's block: its grids side by side (projections beside patches, as in the paper),
-    with a caption underneath."""
+def unit_block(sets: list[list], k: int, display_px: int, caption: list[tuple[str, tuple]]):
+    """One unit's block: its grids side by side (projections left of patches, as in the paper),
+    with caption lines underneath ((text, colour) each)."""
     from PIL import Image, ImageDraw
 
-    grids = [tile_grid(t, k, display_px) for t in tile_sets]
-    caption_h = max(14, min(18, display_px // 4))
-    width = sum(g.width for g in grids) + (len(grids) - 1) * 3 * PATCH_GAP
-    height = grids[0].height + caption_h + 4
+    grids = [tile_grid(t, k, display_px) for t in sets]
+    line_h = 14
+    width = max(sum(g.width for g in grids) + (len(grids) - 1) * 3 * PATCH_GAP, 120)
+    height = grids[0].height + 4 + line_h * len(caption)
     block = Image.new("RGB", (width, height), BACKGROUND)
     x = 0
     for g in grids:
         block.paste(g, (x, 0))
         x += g.width + 3 * PATCH_GAP
     draw = ImageDraw.Draw(block)
-    draw.text((0, height - caption_h - 2), label, fill=TEXT, font=_font(caption_h - 3))
+    for i, (text, colour) in enumerate(caption):
+        draw.text((0, grids[0].height + 3 + i * line_h), _clip(draw, text, width, 11), fill=colour,
+                  font=_font(11))
     return block
 
 
-def _tiles(path: str | os.PathLike, index: pd.DataFrame, unit: int) -> list[np.ndarray]:
-    rows = index[index["unit"] == unit].sort_values("rank")
-    return read_patches(path, rows.index)
+def _clip(draw, text: str, width: int, size: int) -> str:
+    """The text, shortened with '...' to fit `width` pixels."""
+    if draw.textlength(text, font=_font(size)) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=_font(size)) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def header_lines(facts: FigureFacts, kinds: list[str], shown_k: int, available: int,
+                 n_units: int, panels: str) -> list[str]:
+    """The header's sentences: what a unit is, why k patches, how big a patch is."""
+    c, h, w = facts.shape
+    images = f" ({facts.n_images:,} images)" if facts.n_images is not None else ""
+    lines = [f"{facts.model} on {facts.dataset}{images} · layer {facts.layer}"
+             + (f" (module {facts.module})" if facts.module and facts.module != facts.layer else "")]
+    lines.append(f"output {c}x{h}x{w}: {c} units, each an {h}x{w} map; a unit's activation on an "
+                 f"image is its map's maximum; one receptive field per position; input "
+                 f"{facts.input_size}x{facts.input_size} px")
+    if facts.rf is not None:
+        rf = f"{facts.rf[0]}x{facts.rf[1]} px" if facts.rf[0] != facts.rf[1] else f"{facts.rf[0]} px"
+        field_line = ("receptive field " + ("" if facts.rf_affine else "up to ") + rf
+                      + " (theoretical)")
+        if facts.erf:
+            field_line += f", effective ~ {facts.erf} px (90% of the gradient)"
+        if facts.covers_input():
+            field_line += (f" · RF {max(facts.rf)} px > {facts.input_size} px input: each tile "
+                           f"is the whole input the unit sees, + marks its peak")
+        elif facts.large():
+            field_line += (f" · RF {max(facts.rf)} px spans over half the {facts.input_size} px "
+                           f"input: each tile is the part of the field inside the image, + marks "
+                           f"its peak")
+        lines.append(field_line)
+    which = {"top": "strongest", "bottom": "most negative (bottom-k)"}
+    shown = " and ".join(f"its {which[k]}" for k in kinds)
+    count = f"{shown_k}" if shown_k >= facts.k else f"{shown_k} of k={facts.k}"
+    if available < min(facts.k, MAX_SHOWN_PER_UNIT):
+        count = f"{available} of k={facts.k} available"
+    elif facts.k > MAX_SHOWN_PER_UNIT:
+        count = f"first {MAX_SHOWN_PER_UNIT} of k={facts.k}"
+    lines.append(f"each block: one unit, {shown} {count} images (one patch per image); "
+                 f"{n_units} units, {facts.picked}")
+    legend = ("tiles enlarged to one size" if facts.large() else
+              "gray: the part of a field outside the image (padding, never shifted)")
+    if panels != "patches":
+        legend = (f"left: projections back to pixels ({facts.method.replace('_', ' ')}; gray = 0), "
+                  f"right: patches · " + legend)
+    lines.append(legend)
+    return lines + facts.notes
+
+
+def draw_header(fig, lines: list[str], x: int, y: int):
+    from PIL import ImageDraw
+
+    d = ImageDraw.Draw(fig)
+    for i, line in enumerate(lines):
+        d.text((x, y + (0 if i == 0 else 22 + 16 * (i - 1))), line, fill=TEXT if i < 2 else MUTED,
+               font=_font(16 if i == 0 else 12))
+
+
+def _header_height(lines: list[str]) -> int:
+    return 22 + 16 * (len(lines) - 1) + 8
 
 
 def draw_grids(patches_path: str | os.PathLike, units_path: str | os.PathLike,
-               figure_out: str | os.PathLike, unit_dir: str | os.PathLike,
-               how_many: int | list[int] = 9, pick: str = "top", seed: int = 0,
-               display_px: int = 64, k: int | None = None, title: str = "",
-               projections_path: str | os.PathLike | None = None,
-               figure: str = "patches") -> list[int]:
-    """Write the layer figure and one PNG per selected unit (unit-UUUU.png); returns the units.
-    `figure` = patches, projections, or both (each unit's projections beside its patches)."""
-    from PIL import Image, ImageDraw
-    import h5py
+               shown: dict, figure_out: str | os.PathLike, unit_dir: str | os.PathLike,
+               display_px: int = 64, k: int = 9, facts: FigureFacts | None = None,
+               projections_path: str | os.PathLike | None = None, panels: str = "patches",
+               figure: str = "top") -> list[int]:
+    """Write the layer figure and one PNG per shown unit (unit-UUUU.png); returns the units.
+    `shown` is the layer's shown/L.json; `panels` = patches, projections or both; `figure` =
+    top, bottom or both."""
+    from PIL import Image
 
-    units = pd.read_parquet(units_path)
-    layer = str(units["layer"].iat[0])
-    chosen = select_units(units, how_many, pick, seed)
-    index = read_index(patches_path)
-    with h5py.File(patches_path, "r") as f:
-        rf_h, rf_w = (int(v) for v in f.attrs["rf_size"])
-    k = k or int(index["rank"].max() + 1 if len(index) else 1)
-    rf = f"RF {rf_h}x{rf_w} px"
+    if panels not in PANELS:
+        raise ValueError(f"panels {panels!r}; valid: {', '.join(PANELS)}")
     if figure not in FIGURES:
         raise ValueError(f"figure {figure!r}; valid: {', '.join(FIGURES)}")
-    if figure != "patches" and projections_path is None:
-        raise ValueError(f"figure: {figure} needs projections (projection is none)")
-    proj_index = read_index(projections_path) if projections_path else None
-    missing = sorted(set(chosen) - set(proj_index["unit"])) if proj_index is not None else []
-    if figure != "patches" and missing:
-        raise ValueError(f"no projections for units {missing}: the projections stage picked "
-                         f"other units than this figure")
-    blocks = []
+    if panels != "patches" and projections_path is None:
+        raise ValueError(f"panels: {panels} needs projections (projection is none)")
+    facts = facts or FigureFacts()
+    facts.k = k
+    units = pd.read_parquet(units_path).set_index("unit")
+    chosen = [int(u) for u in shown["units"]]
+    index = read_index(patches_path)
+    attrs = file_attrs(patches_path)
+    shrink, input_size = float(attrs["shrink"]), int(attrs["input_size"])
+    facts.input_size = facts.input_size or input_size
+    proj = read_index(projections_path, "projections") if projections_path else None
+    proj_shrink = float(file_attrs(projections_path, "projections")["shrink"]) if projections_path else 1.0
+    kinds = ["top", "bottom"] if figure == "both" else [figure]
+    limit = min(k, MAX_SHOWN_PER_UNIT)
+
+    def tiles(path, idx, s, unit, kind, fill):
+        rows = idx[(idx["unit"] == unit) & (idx["kind"] == kind) & (idx["rank"] < limit)].sort_values("rank")
+        if rows.empty:
+            return []
+        images = read_patches(path, rows.index, "projections" if path == projections_path else "patches")
+        return [make_tile(img, e, s, input_size, display_px, fill, facts.large())
+                for img, e in zip(images, rows.itertuples())]
+
+    blocks, available = [], 0
     for u in chosen:
-        sets = []
-        if figure in ("projections", "both"):
-            sets.append(_tiles(projections_path, proj_index, u))
-        if figure in ("patches", "both"):
-            sets.append(_tiles(patches_path, index, u))
-        blocks.append(unit_block(sets, k, display_px, f"unit {u} | {rf}"))
+        stats = units.loc[u]
+        for kind in kinds:
+            sets = []
+            if panels in ("projections", "both"):
+                if proj is not None and proj[(proj["unit"] == u) & (proj["kind"] == kind)].empty \
+                        and not index[(index["unit"] == u) & (index["kind"] == kind)].empty:
+                    raise ValueError(f"no projections of unit {u}: the projections file holds other "
+                                     f"units than shown/{facts.layer}.json")
+                sets.append(tiles(projections_path, proj, proj_shrink, u, kind, GRAY))
+            sets.append(tiles(patches_path, index, shrink, u, kind, GRAY))
+            available = max(available, len(sets[-1]))
+            caption = [(f"unit {u} · {'max' if kind == 'top' else 'min'} "
+                        f"{stats['max' if kind == 'top' else 'min']:.3g}"
+                        + (" · bottom-k" if figure == "both" and kind == "bottom" else ""), TEXT)]
+            if bool(stats.get("dead", False)):
+                caption.append(("never fires on this dataset", MARK))
+            elif bool(stats.get("saturated", False)) and kind == "top":
+                caption.append((f"saturated: {int(stats['n_at_max'])} images at the max", MARK))
+            if kind == "bottom" and not sets[-1]:
+                caption.append(("never negative on this dataset", MUTED))
+            blocks.append((u, unit_block(sets, limit, display_px, caption)))
+    n_units = len(chosen)
+    header = header_lines(facts, kinds, limit, available, n_units, panels)
     unit_dir = Path(unit_dir)
+    per_unit: dict[int, list] = {}
+    for u, b in blocks:
+        per_unit.setdefault(u, []).append(b)
     with atomic_path(unit_dir) as tmp_dir:
         tmp_dir.mkdir()
-        for u, b in zip(chosen, blocks):
-            b.save(tmp_dir / f"unit-{u:04d}.png")
-        if unit_dir.exists():  # replace an older set of unit figures
-            import shutil
-            shutil.rmtree(unit_dir)
-    per_row = math.ceil(math.sqrt(len(blocks)))
-    bw, bh = blocks[0].size
-    n_rows = math.ceil(len(blocks) / per_row)
-    fig = Image.new("RGB", (per_row * bw + (per_row + 1) * UNIT_GAP,
-                            TITLE_H + n_rows * bh + (n_rows + 1) * UNIT_GAP), BACKGROUND)
-    for i, b in enumerate(blocks):
-        r, c = divmod(i, per_row)
-        fig.paste(b, (UNIT_GAP + c * (bw + UNIT_GAP), TITLE_H + UNIT_GAP + r * (bh + UNIT_GAP)))
-    shown = {"patches": "patches", "projections": "projections",
-             "both": "projections (left) and patches (right)"}[figure]
-    heading = title or f"{layer}: top {k} {shown} of {len(chosen)} units ({pick}) | {rf}"
-    ImageDraw.Draw(fig).text((UNIT_GAP, 6), heading, fill=TEXT, font=_font(16))
+        for u, bs in per_unit.items():
+            unit_header = header[:3] + [f"unit {u}: {shown.get('why', {}).get(u, '')}"] + header[4:5]
+            _compose(bs, unit_header, per_row=len(bs)).save(tmp_dir / f"unit-{u:04d}.png")
+    shown_blocks = [b for u, b in blocks if u in chosen[:MAX_UNITS_PER_FIGURE]]
+    if n_units > MAX_UNITS_PER_FIGURE:
+        header.append(f"the first {MAX_UNITS_PER_FIGURE} of {n_units} shown units; every unit has its "
+                      f"own figure in grids/{facts.layer}/")
+    per_row = math.ceil(math.sqrt(len(shown_blocks))) if len(kinds) == 1 else 2 * math.ceil(
+        math.sqrt(len(shown_blocks) / 2))
+    fig = _compose(shown_blocks, header, per_row)
     with atomic_path(figure_out) as tmp:
         fig.save(tmp, format="PNG")
     log.info("figure %s: units %s", figure_out, chosen)
     return chosen
+
+
+def _compose(blocks: list, header: list[str], per_row: int):
+    """Blocks in rows under the header, on white."""
+    from PIL import Image
+
+    per_row = max(1, per_row)
+    bw = max(b.width for b in blocks) if blocks else 200
+    bh = max(b.height for b in blocks) if blocks else 20
+    n_rows = math.ceil(len(blocks) / per_row)
+    top = _header_height(header)
+    from PIL import ImageDraw
+
+    width = max(per_row * bw + (per_row + 1) * UNIT_GAP, _text_width(header) + 2 * UNIT_GAP)
+    fig = Image.new("RGB", (width, top + n_rows * bh + (n_rows + 1) * UNIT_GAP), BACKGROUND)
+    for i, b in enumerate(blocks):
+        r, c = divmod(i, per_row)
+        fig.paste(b, (UNIT_GAP + c * (bw + UNIT_GAP), top + UNIT_GAP + r * (bh + UNIT_GAP)))
+    draw_header(fig, header, UNIT_GAP, 6)
+    return fig
+
+
+def _text_width(lines: list[str]) -> int:
+    from PIL import Image, ImageDraw
+
+    d = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    return int(max((d.textlength(line, font=_font(16 if i == 0 else 12))
+                    for i, line in enumerate(lines)), default=0))
+
+
+def gray_share(figure_path: str | os.PathLike) -> float:
+    """Share of a figure's pixels that are exactly the padding gray (128, 128, 128)."""
+    from PIL import Image
+
+    a = np.asarray(Image.open(figure_path).convert("RGB"))
+    return float((a == GRAY).all(axis=2).mean())

@@ -1,13 +1,16 @@
-"""Cut each top-k patch from the very pixels the network saw (the inputs store), at the unit's
-true receptive-field box. Parts of the box outside the image are filled with neutral gray and
-marked False in the mask; the patch is never shifted to fit.
+"""Cut each shown example's patch from the very pixels the network saw, at the unit's true
+receptive-field box. A box may reach outside the image: the patch file keeps the part inside it
+(`visible`) and the box, so a figure can draw the patch padded with neutral gray — never shifted —
+or, where the field covers the whole input, show what the unit sees at full size.
 
-Patches file (`patches/L.h5`), one entry per top-k row, in the top-k table's order:
-`unit`, `rank`, `image_id` (P,), `box` (P×4: y0, x0, y1, x1 in input pixels), `jpeg` (P,
-variable-length uint8: the RGB patch as a JPEG, quality 95, no chroma subsampling), `mask`
-(P×h×w bool: True where the pixel comes from the image). Attributes: `rf_size` (h, w of the
-true box), `size` (stored h, w), `scale` (stored / true; 1 unless the box is larger than
-`patch_max_px`). `read_patch` decodes one entry."""
+Patches file (`patches/L.h5`), one entry per example (top-k of every unit, bottom-k of every
+unit, activation-range examples of the shown units): `kind` (P,: 0 top, 1 bottom, 2 range),
+`unit`, `rank` (the example's place in its list), `image_id`, `box` (P×4: y0, x0, y1, x1 in input
+pixels, the unclipped field), `visible` (P×4: the box clipped to the image), `jpeg` (P,
+variable-length uint8: the visible part as RGB JPEG, quality 95, no chroma subsampling).
+Attributes: `shrink` (stored size / true size, 1 unless a visible part is larger than
+`patch_max_px`), `input_size`, `layer`. `read_patches` decodes entries; `padded` draws one
+with its gray padding."""
 from __future__ import annotations
 
 import io
@@ -19,12 +22,15 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .inputs import InputImages
+from .inputs import ImageSource
 from .progress import Progress
+from .provenance import open_checked, stamp
 
 log = logging.getLogger("unitscope")
 
 GRAY = 128
+KINDS = ("top", "bottom", "range")
+ENTRY_COLUMNS = ["kind", "unit", "rank", "image_id", "y", "x", "y0", "x0", "y1", "x1"]
 
 
 def crop_box(image: np.ndarray, box: tuple[int, int, int, int],
@@ -42,119 +48,140 @@ def crop_box(image: np.ndarray, box: tuple[int, int, int, int],
     return patch, mask
 
 
-def crop_box_scaled(image: np.ndarray, box: tuple[int, int, int, int],
-                    size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """`crop_box` shrunk to `size` (h, w), resizing only the part inside the image: the same
-    picture as shrinking the padded crop, at the cost of the image part alone."""
-    from PIL import Image
-
-    y0, x0, y1, x1 = box
-    h, w = image.shape[:2]
-    sy, sx = size[0] / (y1 - y0), size[1] / (x1 - x0)
-    patch = np.full((*size, 3), GRAY, dtype=np.uint8)
-    mask = np.zeros(size, dtype=bool)
-    iy0, ix0, iy1, ix1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
-    if iy1 > iy0 and ix1 > ix0:
-        dy0, dx0 = round((iy0 - y0) * sy), round((ix0 - x0) * sx)
-        dy1, dx1 = max(dy0 + 1, round((iy1 - y0) * sy)), max(dx0 + 1, round((ix1 - x0) * sx))
-        part = Image.fromarray(np.ascontiguousarray(image[iy0:iy1, ix0:ix1]))
-        patch[dy0:dy1, dx0:dx1] = np.asarray(part.resize((dx1 - dx0, dy1 - dy0), Image.LANCZOS))
-        mask[dy0:dy1, dx0:dx1] = True
-    return patch, mask
+def visible_box(box, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The part of a box inside an image of `size` (H, W); an empty box at the nearest edge when
+    nothing of it is inside."""
+    y0, x0, y1, x1 = (int(v) for v in box)
+    h, w = size
+    vy0, vx0 = min(max(y0, 0), h), min(max(x0, 0), w)
+    return vy0, vx0, max(vy0, min(y1, h)), max(vx0, min(x1, w))
 
 
-def stored_size(rf_size: tuple[int, int], patch_max_px: int) -> tuple[tuple[int, int], float]:
-    """(h, w) a patch is stored at and its scale: true size up to `patch_max_px`, else shrunk so
-    that the longer side is `patch_max_px`."""
-    h, w = rf_size
-    scale = min(1.0, patch_max_px / max(h, w))
-    return (max(1, round(h * scale)), max(1, round(w * scale))), scale
+def stored_shrink(visible: np.ndarray, patch_max_px: int) -> float:
+    """One scale for a layer's patches: 1, or what brings the largest visible part to
+    `patch_max_px`."""
+    if patch_max_px < 1:
+        raise ValueError(f"patch_max_px must be at least 1, got {patch_max_px}")
+    if len(visible) == 0:
+        return 1.0
+    largest = int(max((visible[:, 2] - visible[:, 0]).max(), (visible[:, 3] - visible[:, 1]).max()))
+    return min(1.0, patch_max_px / max(largest, 1))
 
 
 def encode_jpeg(image: np.ndarray) -> np.ndarray:
     """An RGB uint8 image as JPEG bytes: quality 95, no chroma subsampling (small patches keep
-    their colours)."""
+    their colours). An empty image is stored as no bytes."""
     from PIL import Image
 
+    if image.size == 0:
+        return np.zeros(0, np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=95, subsampling=0)
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=95, subsampling=0)
     return np.frombuffer(buf.getvalue(), dtype=np.uint8)
 
 
-def write_entries(f: h5py.File, table: pd.DataFrame, boxes: np.ndarray,
+def entry_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """kind, unit, rank, image_id of example rows (kind 'top' where the table has none)."""
+    out = table.copy()
+    if "kind" not in out:
+        out["kind"] = "top"
+    return out
+
+
+def write_entries(f: h5py.File, table: pd.DataFrame, boxes: np.ndarray, visible: np.ndarray,
                   jpegs: list[np.ndarray]) -> None:
-    """The datasets patches and projections files share: unit, rank, image_id, box, jpeg."""
+    """The datasets patches and projections files share."""
     jpeg = f.create_dataset("jpeg", (len(table),), dtype=h5py.vlen_dtype(np.uint8))
     for i, data in enumerate(jpegs):
         jpeg[i] = data
+    f.create_dataset("kind", data=np.array([KINDS.index(k) for k in table["kind"]], np.int8))
     for name in ("unit", "rank", "image_id"):
         f.create_dataset(name, data=table[name].to_numpy(np.int64))
-    f.create_dataset("box", data=boxes)
+    f.create_dataset("box", data=np.asarray(boxes, np.int64).reshape(-1, 4))
+    f.create_dataset("visible", data=np.asarray(visible, np.int64).reshape(-1, 4))
 
 
-def cut_patches(topk_path: str | os.PathLike, input_paths: list[str | os.PathLike],
-                out_path: str | os.PathLike, patch_max_px: int = 128) -> int:
-    """Write the patches file for one layer's top-k table; returns the number of patches."""
-    if patch_max_px < 1:
-        raise ValueError(f"patch_max_px must be at least 1, got {patch_max_px}")
-    table = pd.read_parquet(topk_path)
-    boxes = table[["y0", "x0", "y1", "x1"]].to_numpy(np.int64)
-    rf = (int(boxes[0, 2] - boxes[0, 0]), int(boxes[0, 3] - boxes[0, 1])) if len(table) else (1, 1)
-    (sh, sw), scale = stored_size(rf, patch_max_px)
-    progress = Progress(len(table), f"patches {table['layer'].iat[0] if len(table) else ''}",
-                        unit="patches")
-    jpegs: list[np.ndarray] = [np.zeros(0, np.uint8)] * len(table)
-    masks = np.zeros((len(table), sh, sw), dtype=bool)
-    with InputImages(input_paths) as images:
-        missing = sorted(set(int(i) for i in table["image_id"]) - set(images.where))
-        if missing:
-            raise ValueError(f"image_ids {missing[:5]} of {topk_path} are in no inputs shard")
-        by_image = table.groupby("image_id").indices
-        for image_id in images.in_storage_order(by_image):  # one read per image, in order
-            image = images[image_id]
-            for i in by_image[image_id]:
-                if scale < 1.0:
-                    patch, mask = crop_box_scaled(image, tuple(boxes[i]), (sh, sw))
-                else:
-                    patch, mask = crop_box(image, tuple(boxes[i]))
-                jpegs[i] = encode_jpeg(patch)
-                masks[i] = mask
-                progress.update(1)
+def cut_patches(entries: pd.DataFrame, images: ImageSource, out_path: str | os.PathLike,
+                patch_max_px: int = 128, layer: str = "") -> int:
+    """Write the patches file of one layer's examples (columns kind, unit, rank, image_id, y0, x0,
+    y1, x1); returns the number of patches."""
+    entries = entry_frame(entries).reset_index(drop=True)
+    size = images.input_size
+    boxes = entries[["y0", "x0", "y1", "x1"]].to_numpy(np.int64).reshape(-1, 4)
+    visible = np.array([visible_box(b, (size, size)) for b in boxes], np.int64).reshape(-1, 4)
+    shrink = stored_shrink(visible, patch_max_px)
+    progress = Progress(len(entries), f"patches {layer}", unit="patches")
+    jpegs: list[np.ndarray] = [np.zeros(0, np.uint8)] * len(entries)
+    by_image = entries.groupby("image_id").indices
+    for image_id in images.in_order(by_image):  # one read per image
+        image = images[image_id]
+        for i in by_image[image_id]:
+            vy0, vx0, vy1, vx1 = visible[i]
+            jpegs[i] = encode_jpeg(_shrunk(image[vy0:vy1, vx0:vx1], shrink))
+            progress.update(1)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
-        write_entries(f, table, boxes, jpegs)
-        f.create_dataset("mask", data=masks, compression="gzip",
-                         chunks=(1, sh, sw) if len(table) else None)
-        f.attrs.update(rf_size=rf, size=(sh, sw), scale=scale, patch_max_px=patch_max_px,
-                       layer=str(table["layer"].iat[0]) if len(table) else "")
-    log.info("patches: %d at %d×%d px (true RF %d×%d, scale %.3f)", len(table), sh, sw, *rf, scale)
-    return len(table)
+        write_entries(f, entries, boxes, visible, jpegs)
+        stamp(f, "patches", layer=layer, shrink=shrink, input_size=size,
+              patch_max_px=patch_max_px)
+    log.info("patches of %s: %d (stored at %.3f of their true size)", layer, len(entries), shrink)
+    return len(entries)
 
 
-def read_patches(path: str | os.PathLike, indices) -> list[np.ndarray]:
-    """The RGB images of several entries of a patches (or projections) file, one file open."""
+def _shrunk(part: np.ndarray, shrink: float) -> np.ndarray:
+    if shrink >= 1.0 or part.size == 0:
+        return part
     from PIL import Image
 
-    with h5py.File(path, "r") as f:
+    h, w = part.shape[:2]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(part)).resize(
+        (max(1, round(w * shrink)), max(1, round(h * shrink))), Image.LANCZOS))
+
+
+def read_index(path: str | os.PathLike, kind: str = "patches") -> pd.DataFrame:
+    """kind, unit, rank, image_id, box (y0, x0, y1, x1) and visible part (vy0, vx0, vy1, vx1) of
+    every entry of a patches (or projections) file; row = entry index."""
+    with open_checked(path, kind) as f:
+        box, vis = f["box"][:], f["visible"][:]
+        return pd.DataFrame({"kind": [KINDS[k] for k in f["kind"][:]], "unit": f["unit"][:],
+                             "rank": f["rank"][:], "image_id": f["image_id"][:],
+                             "y0": box[:, 0], "x0": box[:, 1], "y1": box[:, 2], "x1": box[:, 3],
+                             "vy0": vis[:, 0], "vx0": vis[:, 1], "vy1": vis[:, 2], "vx1": vis[:, 3]})
+
+
+def file_attrs(path: str | os.PathLike, kind: str = "patches") -> dict:
+    with open_checked(path, kind) as f:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+
+def read_patches(path: str | os.PathLike, indices, kind: str = "patches") -> list[np.ndarray]:
+    """The stored RGB images (visible parts) of several entries of a patches or projections file."""
+    from PIL import Image
+
+    out = []
+    with open_checked(path, kind) as f:
         data = f["jpeg"]
-        return [np.asarray(Image.open(io.BytesIO(data[i].tobytes())).convert("RGB"))
-                for i in indices]
+        for i in indices:
+            raw = data[int(i)].tobytes()
+            out.append(np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")) if raw
+                       else np.zeros((0, 0, 3), np.uint8))
+    return out
 
 
-def read_patch(path: str | os.PathLike, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB h×w×3 uint8, mask h×w bool) of entry `index` of a patches file (or of a
-    projections file, which has no mask: None)."""
-    from PIL import Image
-
-    with h5py.File(path, "r") as f:
-        data = f["jpeg"][index]
-        mask = f["mask"][index] if "mask" in f else None
-    return np.asarray(Image.open(io.BytesIO(data.tobytes())).convert("RGB")), mask
+def read_patch(path: str | os.PathLike, index: int, kind: str = "patches") -> np.ndarray:
+    return read_patches(path, [index], kind)[0]
 
 
-def read_index(path: str | os.PathLike) -> pd.DataFrame:
-    """unit, rank, image_id, y0, x0, y1, x1 of every entry of a patches file (row = entry index)."""
-    with h5py.File(path, "r") as f:
-        box = f["box"][:]
-        return pd.DataFrame({"unit": f["unit"][:], "rank": f["rank"][:],
-                             "image_id": f["image_id"][:], "y0": box[:, 0], "x0": box[:, 1],
-                             "y1": box[:, 2], "x1": box[:, 3]})
+def padded(image: np.ndarray, box, visible, shrink: float, fill=GRAY) -> tuple[np.ndarray, np.ndarray]:
+    """A stored visible part placed in its whole box, gray outside the image, at the stored scale;
+    and the mask of the pixels from the image."""
+    y0, x0, y1, x1 = (int(v) for v in box)
+    vy0, vx0, vy1, vx1 = (int(v) for v in visible)
+    h, w = max(1, round((y1 - y0) * shrink)), max(1, round((x1 - x0) * shrink))
+    out = np.full((h, w, 3), fill, np.uint8)
+    mask = np.zeros((h, w), bool)
+    if image.size:
+        ty, tx = round((vy0 - y0) * shrink), round((vx0 - x0) * shrink)
+        ih, iw = min(image.shape[0], h - ty), min(image.shape[1], w - tx)
+        out[ty:ty + ih, tx:tx + iw] = image[:ih, :iw]
+        mask[ty:ty + ih, tx:tx + iw] = True
+    return out, mask
