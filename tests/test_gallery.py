@@ -14,7 +14,7 @@ import pytest
 
 from conftest import affine_boxes, layer_frame
 from test_patches_and_grids import ArrayImages
-from unitscope.activations import write_layer_file
+from unitscope.activation_file import write_layer_file
 from unitscope.examples import layer_examples
 from unitscope.gallery import LayerFiles, build_gallery
 from unitscope.inputs import Preprocessing

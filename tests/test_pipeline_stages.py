@@ -8,7 +8,8 @@ import torch
 
 from conftest import write_pngs
 from unitscope import stages
-from unitscope.activations import read_layer, record_maxima
+from unitscope.activation_file import read_layer
+from unitscope.activations import record_maxima
 from unitscope.datasets.index import folder_candidates, index_images
 from unitscope.datasets.sources import candidates
 from unitscope.examples import layer_examples
@@ -146,3 +147,57 @@ def test_imagenet_weights_classify_the_cat_and_the_coffee():
             preds[name] = int(model(x).argmax())
     assert 281 <= preds["chelsea.png"] <= 285  # tabby, tiger cat, Persian, Siamese, Egyptian cat
     assert preds["coffee.png"] in (967, 968)  # espresso, cup
+
+
+class Relu6Net(torch.nn.Module):
+    """Unit 0: 10·(R − G) through ReLU6, which saturates on any red; unit 1: never positive."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 0, 1, 1], self.conv.weight[0, 1, 1, 1] = 10.0, -10.0
+            self.conv.bias.copy_(torch.tensor([0.0, -100.0]))
+        self.act = torch.nn.ReLU6()
+
+    def forward(self, x):
+        return self.act(self.conv(x))
+
+
+def test_a_saturating_relu6_unit_is_ordered_by_how_much_fires_and_still_projects(tmp_path):
+    """Images with red squares of sizes 2..12 px: every one drives unit 0 to the cap 6.0, so the
+    top-k is ordered by the spatial mean (the biggest square first), the unit is marked
+    saturated, its projections are not blank; unit 1 never fires: marked dead, never picked."""
+    from unitscope.projections import project
+    from unitscope.shown import select_units
+
+    sizes = [4, 12, 2, 8, 6, 10]
+    images = []
+    for s in sizes:
+        im = np.full((32, 32, 3), 100, np.uint8)
+        im[8:8 + s, 8:8 + s] = (250, 20, 20)
+        images.append(im)
+    write_pngs(tmp_path / "imgs", images)
+    manifest = tmp_path / "manifest.parquet"
+    index_images(folder_candidates(tmp_path / "imgs"), manifest, tmp_path / "rejected.parquet")
+    model = Relu6Net().eval()
+    table, boxes = layer_table(model, {"act": "act"}, (32, 32))
+    write_layer_table(table, boxes, tmp_path / "layers.parquet", {"act": tmp_path / "rf.parquet"})
+    rows = pd.read_parquet(manifest)
+    record_maxima(model, {"act": "act"}, (0, 0, 0), (255, 255, 255),
+                  decoded_batches(rows, Preprocessing(32, 32), 4, 1), len(rows),
+                  {"act": tmp_path / "act.h5"}, "cpu",
+                  meta={"shard": 0, "shards": 1, "manifest_sha256": file_sha256(manifest)})
+    top, units, _ = select_topk([tmp_path / "act.h5"], manifest, tmp_path / "layers.parquet",
+                                tmp_path / "rf.parquet", "act", k=4)
+    red = top[top["unit"] == 0]
+    assert (red["activation"] == 6.0).all()
+    assert [sizes[i] for i in red["image_id"]] == [12, 10, 8, 6]  # by red area, not image id
+    assert bool(units.loc[0, "saturated"]) and units.loc[0, "n_at_max"] == 6
+    assert bool(units.loc[1, "dead"]) and not bool(units.loc[1, "saturated"])
+    assert select_units(units, 2, "top")[0] == [0]  # the dead unit is never picked
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    for r in red.itertuples():
+        proj = project(model, "act", x[r.image_id:r.image_id + 1], [0], [r.y], [r.x], "guided_backprop")
+        assert proj.abs().sum() > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from test_topk import write_stage_inputs
 from unitscope.ranges import bin_edges, histogram_and_ranges, image_hash
@@ -77,3 +78,41 @@ def test_a_unit_that_never_fires_gets_no_range_examples(tmp_path):
     hist, ranges = run(tmp_path, values, 2, shown=[0, 1], n_ranges=2, per_range=2)
     assert set(ranges["unit"]) == {1} and len(ranges) == 4
     assert hist[hist["unit"] == 0]["count"].tolist()[0] == 20  # a constant unit: one bin
+
+
+def test_the_tree_merge_of_blocks_of_shards_equals_one_pass(tmp_path):
+    """Nine shards in blocks of 4, 4 and 1: partial results merged give the same top-k, bottom-k,
+    unit statistics (quantiles aside: they come from merged samples), histograms and ranges."""
+    from unitscope.ranges import partial_ranges
+    from unitscope.topk import partial_topk
+
+    rng = np.random.default_rng(1)
+    values = np.round(rng.normal(1.0, 2.0, size=(90, 5)), 1).astype(np.float32)
+    arrays = {"max": values, "mean": values / 2, "min": values - 4}
+    manifest, paths = write_stage_inputs(tmp_path, 90, 5, 9, arrays)
+    table, rf = tmp_path / "layers.parquet", tmp_path / "rf.parquet"
+    whole = select_topk(paths, manifest, table, rf, "L", k=4, units_out=tmp_path / "units.parquet")
+    blocks = [(0, 4), (4, 8), (8, 9)]
+    parts = []
+    for b, (lo, hi) in enumerate(blocks):
+        parts.append(tmp_path / f"topk-{b}.h5")
+        partial_topk(paths[lo:hi], manifest, table, "L", lo, 9, k=4, out=parts[-1])
+    tree = select_topk(None, manifest, table, rf, "L", k=4, parts=parts, total=9)
+    pd.testing.assert_frame_equal(tree[0], whole[0])
+    pd.testing.assert_frame_equal(tree[2], whole[2])
+    exact = [c for c in whole[1].columns if c not in ("q50", "q90", "q99")]
+    pd.testing.assert_frame_equal(tree[1][exact], whole[1][exact])
+    want = histogram_and_ranges(paths, manifest, table, rf, tmp_path / "units.parquet", "L",
+                                [0, 2, 4], 3, 2, bins=8)
+    rparts = []
+    for b, (lo, hi) in enumerate(blocks):
+        rparts.append(tmp_path / f"ranges-{b}.h5")
+        partial_ranges(paths[lo:hi], manifest, table, rf, tmp_path / "units.parquet", "L",
+                       [0, 2, 4], lo, 9, 3, 2, bins=8, out=rparts[-1])
+    got = histogram_and_ranges(None, manifest, table, rf, tmp_path / "units.parquet", "L",
+                               [0, 2, 4], 3, 2, bins=8, parts=rparts, total=9)
+    pd.testing.assert_frame_equal(got[0], want[0])
+    pd.testing.assert_frame_equal(got[1], want[1])
+    # a missing block is an error, not a smaller table
+    with pytest.raises(ValueError, match="cover 8 of 9 shards"):
+        select_topk(None, manifest, table, rf, "L", k=4, parts=parts[:2], total=9)

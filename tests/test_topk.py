@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import affine_boxes, layer_frame
-from unitscope.activations import write_layer_file
+from unitscope.activation_file import write_layer_file
 from unitscope.inputs import shard_range
 from unitscope.provenance import file_sha256
 from unitscope.topk import TopK, select_topk

@@ -1,14 +1,7 @@
 """Inference: one forward pass per batch captures every configured layer through forward hooks
 (the first call of each module; the pass stops after the deepest one) and keeps, per image and
-unit, what the later stages need — never the full maps.
-
-Per layer and shard an HDF5 file (`activations/L/shard-XXX.h5`), rows = images of the shard:
-`image_id` (N,), `max` (N×C float32, the unit's spatial maximum), `argmax_y`, `argmax_x` (N×C
-uint16, the first maximum in row-major order), `mean` (N×C float32, the spatial mean: orders
-images tied at the maximum), `min`, `argmin_y`, `argmin_x` (the spatial minimum and its first
-position: the most inhibited examples). Attributes (see provenance.py): layer, module, shard,
-shards, first_id, n_images, manifest_sha256, model_key, precision, source (`stream`, or the
-content digest of the inputs-store shard read), content_sha."""
+unit, what the later stages need — never the full maps: one file per layer and shard, in the
+format activation_file.py describes, written while the images stream through."""
 from __future__ import annotations
 
 import contextlib
@@ -21,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .activation_file import BYTES_PER_UNIT, DATASETS
 from .atomic import atomic_path, check_free_space
 from .hooks import FirstCalls
 from .inputs import Preprocessing, decoded_batches, shard_rows
@@ -30,22 +24,16 @@ from .provenance import Digest, file_sha256, open_checked, stamp
 log = logging.getLogger("unitscope")
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# dataset name -> dtype, in the order rows are written and digested
-DATASETS = {"max": np.float32, "argmax_y": np.uint16, "argmax_x": np.uint16, "mean": np.float32,
-            "min": np.float32, "argmin_y": np.uint16, "argmin_x": np.uint16}
-BYTES_PER_UNIT = sum(np.dtype(t).itemsize for t in DATASETS.values())
 
 
 def spatial_stats(fmap: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per (image, channel) of an N×C×H×W map: maximum, minimum and the (y, x) of their first
-    occurrence in row-major order (deterministic where a map has ties, e.g. all-zero ReLU maps),
-    and the spatial mean."""
+    occurrence in row-major order (torch.max/min along a dimension return the first; ties are
+    common, e.g. all-zero ReLU maps), and the spatial mean."""
     n, c, h, w = fmap.shape
     flat = fmap.reshape(n, c, h * w)
-    order = torch.arange(h * w, device=fmap.device, dtype=torch.int32)
     out = {"mean": flat.mean(dim=2)}
-    for name, values in (("max", flat.amax(dim=2)), ("min", flat.amin(dim=2))):
-        first = torch.where(flat == values.unsqueeze(2), order, h * w).amin(dim=2)
+    for name, (values, first) in (("max", flat.max(dim=2)), ("min", flat.min(dim=2))):
         out[name], out[f"arg{name}_y"], out[f"arg{name}_x"] = values, first // w, first % w
     return out
 
@@ -111,7 +99,10 @@ def run_inference(manifest_path: str | os.PathLike, model_cfg: dict, layers: lis
                                  source_digest)
         source = "store"
     else:
-        batches = decoded_batches(rows, prep, batch_size, workers=max(threads, 1))
+        # on a GPU the CPUs decode the next batches while it computes; on the CPU they take
+        # turns with the network, which needs every core
+        ahead = 2 if pick_device(device).type == "cuda" else 0
+        batches = decoded_batches(rows, prep, batch_size, workers=max(threads, 1), prefetch=ahead)
         source = "stream"
     meta = {"shard": shard, "shards": shards, "manifest_sha256": manifest_sha,
             "model_key": model_key, "precision": precision, "source": source}
@@ -139,12 +130,11 @@ def record_maxima(model: torch.nn.Module, modules: dict[str, str], mean, std, ba
         raise ValueError(f"precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     autocast = (torch.autocast(dev.type, dtype=PRECISIONS[precision])
                 if PRECISIONS[precision] is not None else contextlib.nullcontext())
-    results: dict[str, dict[str, torch.Tensor]] = {}
+    outputs: dict[str, torch.Tensor] = {}
     digests = {layer: Digest() for layer in layers}
-    waited = computed = 0.0
+    waited = computed = forward = 0.0
     with contextlib.ExitStack() as stack:
-        calls = stack.enter_context(FirstCalls(
-            model, modules, lambda layer, out: results.__setitem__(layer, spatial_stats(out.float()))))
+        calls = stack.enter_context(FirstCalls(model, modules, outputs.__setitem__))
         files = {}
         for layer in layers:
             tmp = stack.enter_context(atomic_path(out_paths[layer]))
@@ -161,9 +151,15 @@ def record_maxima(model: torch.nn.Module, modules: dict[str, str], mean, std, ba
                 t = t.pin_memory().to(dev, non_blocking=True)
             x = t.permute(0, 3, 1, 2).float().sub_(mean).div_(std)
             x = x.contiguous(memory_format=torch.channels_last)
-            results.clear()
+            outputs.clear()
             with torch.inference_mode(), autocast:
+                started = time.perf_counter()
                 calls.run(model, x)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                forward += time.perf_counter() - started
+                results = {layer: spatial_stats(outputs[layer].float()) for layer in layers}
+            outputs.clear()
             for layer in layers:
                 stats = {k: v.cpu().numpy() for k, v in results[layer].items()}
                 f = files[layer]
@@ -199,40 +195,6 @@ def record_maxima(model: torch.nn.Module, modules: dict[str, str], mean, std, ba
     log.info("activations: %d images; the %s was busy %.0f%% of the time (%.1f s computing, "
              "%.1f s waiting for images)", n, dev.type.upper() if dev.type == "cuda" else "model",
              100 * busy, computed, waited)
+    log.info("timing: forward %.3f s, statistics and writing %.3f s, waiting for images %.3f s",
+             forward, computed - forward, waited)
     return n
-
-
-def write_layer_file(path: str | os.PathLike, layer: str, image_ids: np.ndarray,
-                     arrays: dict[str, np.ndarray], **meta) -> None:
-    """One activation file written at once from in-memory arrays (N×C each; any of the datasets
-    missing is derived: argmax/argmin 0, mean = max, min = max), stamped like the stage's."""
-    ids = np.asarray(image_ids, np.int64)
-    full = dict(arrays)
-    full.setdefault("mean", full["max"])
-    full.setdefault("min", full["max"])
-    for name in ("argmax_y", "argmax_x", "argmin_y", "argmin_x"):
-        full.setdefault(name, np.zeros(full["max"].shape, np.int64))
-    digest = Digest()
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        for name, dt in DATASETS.items():
-            values = np.asarray(full[name]).astype(dt).reshape(len(ids), np.shape(full["max"])[-1])
-            f.create_dataset(name, data=values)
-            digest.update(name, values)
-        f.create_dataset("image_id", data=ids)
-        digest.update("image_id", ids)
-        stamp(f, "activations", layer=layer, n_images=len(ids),
-              first_id=int(ids[0]) if len(ids) else -1, content_sha=digest.hexdigest(),
-              **{"module": layer, "shard": 0, "shards": 1, "manifest_sha256": "",
-                 "model_key": "", "precision": "fp32", "source": "test", **meta})
-
-
-def read_layer(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
-    """All rows of a layer's activation files, concatenated (for tests and small data)."""
-    parts: dict[str, list] = {k: [] for k in ("image_id", *DATASETS)}
-    for p in paths:
-        with open_checked(p, "activations") as f:
-            if len(f["image_id"]) == 0:
-                continue
-            for k in parts:
-                parts[k].append(f[k][:])
-    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}

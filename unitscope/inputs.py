@@ -89,17 +89,19 @@ def load_image(row, prep: Preprocessing) -> np.ndarray:
             w, h = im.size
             s = prep.resize_size / min(w, h)
             im.draft("RGB", (int(w * s) + 1, int(h * s) + 1))
-        im = to_rgb(ImageOps.exif_transpose(im))
+        if im.getexif().get(0x0112, 1) != 1:  # an EXIF orientation other than upright
+            im = ImageOps.exif_transpose(im)
+        im = to_rgb(im)
         if crop is not None:
             im = im.crop(crop)
         w, h = im.size
         s = prep.resize_size / min(w, h)
         n = prep.input_size
         nw, nh = max(n, round(w * s)), max(n, round(h * s))
-        im = im.resize((nw, nh), RESAMPLE[prep.resample], reducing_gap=3.0)
+        if (nw, nh) != (w, h):
+            im = im.resize((nw, nh), RESAMPLE[prep.resample], reducing_gap=3.0)
         left, top = (nw - n) // 2, (nh - n) // 2
-        im = im.crop((left, top, left + n, top + n))
-        return np.asarray(im, dtype=np.uint8)
+        return np.asarray(im, dtype=np.uint8)[top:top + n, left:left + n]
 
 
 def to_rgb(im):
@@ -125,7 +127,9 @@ def to_rgb(im):
 def decoded_batches(rows: pd.DataFrame, prep: Preprocessing, batch_size: int, workers: int,
                     prefetch: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(image_ids, N×H×W×3 uint8) batches of the given manifest rows, in order, decoded by a pool
-    of `workers` threads (Pillow releases the GIL while decoding) up to `prefetch` batches ahead."""
+    of `workers` threads (Pillow releases the GIL while decoding) up to `prefetch` batches ahead.
+    With prefetch 0 each batch is decoded when asked for, by all workers at once: on a CPU that
+    also runs the network, decoding beside it only slows the network's threads down."""
     items = list(rows.itertuples(index=False))
     starts = list(range(0, len(items), batch_size))
     with ThreadPoolExecutor(max(workers, 1)) as pool:
@@ -135,8 +139,8 @@ def decoded_batches(rows: pd.DataFrame, prep: Preprocessing, batch_size: int, wo
 
         pending = [submit(s) for s in starts[:prefetch]]
         for i in range(len(starts)):
-            ids, futures = pending.pop(0)
-            if i + prefetch < len(starts):
+            ids, futures = pending.pop(0) if pending else submit(starts[i])
+            if prefetch and i + prefetch < len(starts):
                 pending.append(submit(starts[i + prefetch]))
             yield np.asarray(ids, np.int64), np.stack([f.result() for f in futures])
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from typing import Iterator
 
 from .atomic import is_disk_full
@@ -21,6 +22,14 @@ USER_ERRORS = (ValueError, OSError, RuntimeError, KeyError)
 def configure(stream=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=stream or sys.stderr, force=True)
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory (the kernel's exact figure, not a sample)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def exit_now(status: int) -> None:
@@ -54,8 +63,11 @@ def stage_log(path: str | os.PathLike, stage: str = "") -> Iterator[None]:
         os.dup2(f.fileno(), 2)
         try:
             configure()
+            started = time.perf_counter()
             try:
                 yield
+                log.info("%s done in %.1f s; peak memory %.0f MB", stage,
+                         time.perf_counter() - started, peak_memory_mb())
             except USER_ERRORS as e:
                 log.error("%s", one_line(e))
                 if is_disk_full(e):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from .models import MODELS, ModelConfig, ModelSpec, factory_file, projection_method, weights_file
 
 URL = re.compile(r"^(https?|file)://")
+FAN_IN = 64  # shards one top-k/ranges job reads; more shards are merged in a tree of blocks
 PER_LAYER_KEYS = ("k", "distinct", "units", "pick", "seed", "patch_max_px", "display_px",
                   "panels", "figure", "n_ranges", "per_range")
 SAMPLE_IMAGES = 408  # crops the sample dataset makes (datasets/sample.py)
@@ -85,6 +86,11 @@ class Layout:
 
     def activations(self, layer: str, shard: int | str) -> str:
         return f"{self.res}/activations/{layer}/{self.shard_name(shard)}.h5"
+
+    def part(self, kind: str, layer: str, block: int | str) -> str:
+        """A block of shards' partial result of the top-k or ranges pass."""
+        block = f"{block:03d}" if isinstance(block, int) else block
+        return f"{self.res}/parts/{layer}/{kind}-{block}.h5"
 
     def per_layer(self, kind: str, layer: str) -> str:
         ext = {"rf": "parquet", "topk": "parquet", "units": "parquet", "bottomk": "parquet",
@@ -220,6 +226,11 @@ class Plan:
     @property
     def shard_ids(self) -> list[str]:
         return [f"{i:03d}" for i in range(self.shards)]
+
+    @property
+    def blocks(self) -> list[tuple[int, int]]:
+        """[first, end) shards of each block of the tree merge; one block when few shards."""
+        return [(b, min(b + FAN_IN, self.shards)) for b in range(0, self.shards, FAN_IN)]
 
     def panels(self, layer: str) -> str:
         """What the figures of a layer show: patches only when there are no projections."""

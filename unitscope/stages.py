@@ -62,13 +62,25 @@ def activations(manifest: str, model: dict, names: list[str], out: list[str], sh
                   batch_size, device, threads, precision, model_key)
 
 
-def topk(activations: list[str], manifest: str, table: str, rf: str, layer: str, k: int,
-         distinct: str, top: str, units: str, bottom: str, model_key: str | None = None) -> None:
-    """Top-k, bottom-k and unit statistics of one layer."""
+def topk(manifest: str, table: str, rf: str, layer: str, k: int, distinct: str, top: str,
+         units: str, bottom: str, activations: list[str] | None = None,
+         parts: list[str] | None = None, total: int | None = None,
+         model_key: str | None = None) -> None:
+    """Top-k, bottom-k and unit statistics of one layer, from its activation shards or from the
+    partial results of blocks of them."""
     from .topk import select_topk
 
-    select_topk(list(activations), manifest, table, rf, layer, k, distinct, model_key or None,
-                top, units, bottom)
+    select_topk(activations, manifest, table, rf, layer, k, distinct, model_key or None, top,
+                units, bottom, parts=parts, total=total)
+
+
+def topk_part(activations: list[str], manifest: str, table: str, layer: str, first: int,
+              total: int, k: int, distinct: str, out: str, model_key: str | None = None) -> None:
+    """The top-k pass over one block of shards (a tree merge of many shards)."""
+    from .topk import partial_topk
+
+    partial_topk(list(activations), manifest, table, layer, first, total, k, distinct,
+                 model_key or None, out)
 
 
 def shown(units: str, out: str, selection: dict) -> None:
@@ -78,16 +90,29 @@ def shown(units: str, out: str, selection: dict) -> None:
     write_shown(units, out, selection["units"], selection["pick"], selection["seed"])
 
 
-def ranges(activations: list[str], manifest: str, table: str, rf: str, units: str, shown: str,
-           layer: str, n_ranges: int, per_range: int, hist: str, out: str,
-           model_key: str | None = None) -> None:
+def ranges(manifest: str, table: str, rf: str, units: str, shown: str, layer: str,
+           n_ranges: int, per_range: int, hist: str, out: str,
+           activations: list[str] | None = None, parts: list[str] | None = None,
+           total: int | None = None, model_key: str | None = None) -> None:
     """Every unit's histogram and the shown units' examples across their activation range."""
     from .ranges import histogram_and_ranges
     from .shown import read_shown
 
-    histogram_and_ranges(list(activations), manifest, table, rf, units, layer,
+    histogram_and_ranges(activations, manifest, table, rf, units, layer,
                          read_shown(shown)["units"], n_ranges, per_range, model_key=model_key or None,
-                         hist_out=hist, ranges_out=out)
+                         hist_out=hist, ranges_out=out, parts=parts, total=total)
+
+
+def ranges_part(activations: list[str], manifest: str, table: str, rf: str, units: str,
+                shown: str, layer: str, first: int, total: int, n_ranges: int, per_range: int,
+                out: str, model_key: str | None = None) -> None:
+    """The histogram-and-ranges pass over one block of shards (a tree merge of many shards)."""
+    from .ranges import partial_ranges
+    from .shown import read_shown
+
+    partial_ranges(list(activations), manifest, table, rf, units, layer,
+                   read_shown(shown)["units"], first, total, n_ranges, per_range,
+                   model_key=model_key or None, out=out)
 
 
 def patches(top: str, manifest: str, model: dict, layer: str, out: str, patch_max_px: int = 128,

@@ -18,7 +18,11 @@ split. The bottom-k is the same class over negated minima.
 - `bottomk/L.parquet`: the same columns for the k images with the most negative spatial minimum
   (activation = that minimum; only negative ones; rank 0 = most negative);
 - `units/L.parquet`: see unit_stats.py; plus label (the most common label among the unit's top-k
-  images) and purity (its share)."""
+  images) and purity (its share).
+
+With many shards the pass runs as a tree: each block of shards gives a partial result
+(`parts/L/topk-BBB.h5`: the states of its top-k, bottom-k and statistics, stamped like a shard)
+and the final job merges them — the same tables, since adding states is how TopK merges."""
 from __future__ import annotations
 
 import logging
@@ -28,7 +32,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .activations import DATASETS
+from .activation_file import DATASETS
 from .atomic import atomic_path
 from .inputs import shard_rows
 from .layers import layer_row, read_boxes
@@ -171,16 +175,20 @@ class ActivationShards:
     manifest; every value finite; its content digest unchanged."""
 
     def __init__(self, paths: list[str | os.PathLike], manifest_path: str | os.PathLike,
-                 layer: str, model_key: str | None = None):
+                 layer: str, model_key: str | None = None, first: int = 0,
+                 total: int | None = None):
         self.paths = [str(p) for p in paths]
         self.layer = layer
         self.manifest_sha = file_sha256(manifest_path)
         self.manifest = pd.read_parquet(manifest_path, columns=None)
         self.model_key = model_key
-        self.n_images = len(self.manifest)
+        self.first = first  # the paths are shards first .. first+len-1 of `total`
+        self.total = total or len(self.paths)
+        self.n_images = sum(len(shard_rows(self.manifest, first + i, self.total))
+                            for i in range(len(self.paths))) if total else len(self.manifest)
 
     def expect(self, shard: int) -> dict:
-        want = {"layer": self.layer, "shard": shard, "shards": len(self.paths),
+        want = {"layer": self.layer, "shard": shard, "shards": self.total,
                 "manifest_sha256": self.manifest_sha}
         if self.model_key:
             want["model_key"] = self.model_key
@@ -189,8 +197,9 @@ class ActivationShards:
     def chunks(self, chunk: int, columns=tuple(DATASETS)):
         """(image_id, {name: N×C array}) over all shards, in chunks of at most `chunk` images.
         All datasets are read (the digest needs every byte); `columns` are the ones returned."""
-        for i, path in enumerate(self.paths):
-            want_ids = shard_rows(self.manifest, i, len(self.paths))["image_id"].to_numpy(np.int64)
+        for j, path in enumerate(self.paths):
+            i = self.first + j
+            want_ids = shard_rows(self.manifest, i, self.total)["image_id"].to_numpy(np.int64)
             with open_checked(path, "activations", self.expect(i)) as f:
                 ids = f["image_id"][:]
                 if len(ids) != len(want_ids) or (ids != want_ids).any():
@@ -217,18 +226,9 @@ class ActivationShards:
                     raise StaleFileError(path, "its values are not the ones it was written with")
 
 
-def select_topk(activation_paths: list[str | os.PathLike], manifest_path: str | os.PathLike,
-                layers_path: str | os.PathLike, rf_path: str | os.PathLike, layer: str,
-                k: int = 9, distinct: str = "image", model_key: str | None = None,
-                topk_out: str | os.PathLike | None = None, units_out: str | os.PathLike | None = None,
-                bottomk_out: str | os.PathLike | None = None, chunk: int | None = None
-                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Top-k, bottom-k and unit statistics of one layer, streamed over its activation shards."""
-    row = layer_row(layers_path, layer)
-    units, height, width = int(row["units"]), int(row["height"]), int(row["width"])
-    boxes = read_boxes(rf_path, height, width)
-    chunk = chunk or max(256, 2_000_000 // units)  # about 100 MB of working arrays
-    shards = ActivationShards(activation_paths, manifest_path, layer, model_key)
+def scan(shards: ActivationShards, units: int, k: int, distinct: str, chunk: int
+         ) -> tuple[TopK, TopK, UnitStats]:
+    """One pass over activation shards: the running top-k, bottom-k and unit statistics."""
     top = TopK(k, units, distinct)
     bottom = TopK(k, units, distinct)
     group_code = None
@@ -237,16 +237,104 @@ def select_topk(activation_paths: list[str | os.PathLike], manifest_path: str | 
         group_code = np.full(int(manifest["image_id"].max()) + 1, -1, np.int64)
         group_code[manifest["image_id"].to_numpy()] = pd.factorize(manifest["group"])[0]
     stats = UnitStats(units)
-    progress = Progress(shards.n_images, f"top-k {layer}")
+    progress = Progress(shards.n_images, f"top-k {shards.layer}")
     for image_id, a in shards.chunks(chunk):
         if a["max"].shape[1] != units:
-            raise StaleFileError(activation_paths[0], f"has {a['max'].shape[1]} units, the layer "
-                                                      f"table says {units}")
+            raise StaleFileError(shards.paths[0], f"has {a['max'].shape[1]} units, the layer "
+                                                  f"table says {units}")
         groups = None if group_code is None else group_code[image_id]
         top.add(a["max"], image_id, a["argmax_y"], a["argmax_x"], groups, a["mean"])
         bottom.add(-a["min"], image_id, a["argmin_y"], a["argmin_x"], groups, -a["mean"])
         stats.add(a["max"], a["min"])
         progress.update(len(image_id))
+    return top, bottom, stats
+
+
+def write_part(path: str | os.PathLike, shards: ActivationShards, top: TopK, bottom: TopK,
+               stats: UnitStats) -> None:
+    """A block of shards' partial result (the states of its top-k, bottom-k and statistics),
+    stamped like the shards it was made from."""
+    from .provenance import stamp
+
+    digest = Digest()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, t in (("top", top), ("bottom", bottom)):
+            for field, value in t.state_dict().items():
+                if isinstance(value, np.ndarray):
+                    f.create_dataset(f"{name}/{field}", data=value)
+                    digest.update(f"{name}/{field}", value)
+        for field, value in stats.state_dict().items():
+            f.create_dataset(f"stats/{field}", data=np.asarray(value))
+            digest.update(f"stats/{field}", np.asarray(value))
+        stamp(f, "topk_part", layer=shards.layer, first=shards.first, n_shards=len(shards.paths),
+              shards=shards.total, k=top.k, distinct=top.distinct, units=top.units,
+              manifest_sha256=shards.manifest_sha, model_key=shards.model_key or "",
+              n_images=shards.n_images, content_sha=digest.hexdigest())
+
+
+def merge_parts(paths: list[str | os.PathLike], layer: str, manifest_sha: str, k: int,
+                distinct: str, units: int, total: int, model_key: str | None
+                ) -> tuple[TopK, TopK, UnitStats]:
+    """The merged states of the partial results of consecutive blocks of shards."""
+    top, bottom, stats = TopK(k, units, distinct), TopK(k, units, distinct), UnitStats(units)
+    expected_first = 0
+    for path in paths:
+        want = {"layer": layer, "shards": total, "manifest_sha256": manifest_sha, "k": k,
+                "distinct": distinct, "units": units, "first": expected_first}
+        if model_key:
+            want["model_key"] = model_key
+        with open_checked(path, "topk_part", want) as f:
+            digest = Digest()
+            for name, t in (("top", top), ("bottom", bottom)):
+                state = {"k": k, "units": units, "distinct": distinct}
+                for field in FIELDS:
+                    state[field] = f[f"{name}/{field}"][:]
+                    digest.update(f"{name}/{field}", state[field])
+                t.add_state(state)
+            part = {field: f[f"stats/{field}"][()] for field in f["stats"]}
+            for field, value in part.items():
+                digest.update(f"stats/{field}", np.asarray(value))
+            if digest.hexdigest() != f.attrs["content_sha"]:
+                raise StaleFileError(path, "its values are not the ones it was written with")
+            stats.merge(part)
+            expected_first += int(f.attrs["n_shards"])
+    if expected_first != total:
+        raise ValueError(f"the partial results of {layer} cover {expected_first} of {total} shards")
+    return top, bottom, stats
+
+
+def partial_topk(activation_paths: list[str | os.PathLike], manifest_path: str | os.PathLike,
+                 layers_path: str | os.PathLike, layer: str, first: int, total: int, k: int = 9,
+                 distinct: str = "image", model_key: str | None = None,
+                 out: str | os.PathLike | None = None, chunk: int | None = None) -> None:
+    """The top-k pass over one block of shards (first .. first+len-1 of `total`), for a tree
+    merge when there are many shards."""
+    units = int(layer_row(layers_path, layer)["units"])
+    shards = ActivationShards(activation_paths, manifest_path, layer, model_key, first, total)
+    top, bottom, stats = scan(shards, units, k, distinct, chunk or max(256, 250_000 // units))
+    write_part(out, shards, top, bottom, stats)
+
+
+def select_topk(activation_paths: list[str | os.PathLike] | None, manifest_path: str | os.PathLike,
+                layers_path: str | os.PathLike, rf_path: str | os.PathLike, layer: str,
+                k: int = 9, distinct: str = "image", model_key: str | None = None,
+                topk_out: str | os.PathLike | None = None, units_out: str | os.PathLike | None = None,
+                bottomk_out: str | os.PathLike | None = None, chunk: int | None = None,
+                parts: list[str | os.PathLike] | None = None, total: int | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Top-k, bottom-k and unit statistics of one layer, streamed over its activation shards —
+    or merged from the partial results of blocks of them (`parts`, over `total` shards)."""
+    row = layer_row(layers_path, layer)
+    units, height, width = int(row["units"]), int(row["height"]), int(row["width"])
+    boxes = read_boxes(rf_path, height, width)
+    manifest = pd.read_parquet(manifest_path)
+    if parts:
+        top, bottom, stats = merge_parts(parts, layer, file_sha256(manifest_path), k, distinct,
+                                         units, total, model_key)
+    else:
+        shards = ActivationShards(activation_paths, manifest_path, layer, model_key)
+        top, bottom, stats = scan(shards, units, k, distinct,
+                                  chunk or max(256, 250_000 // units))  # ~15 MB of arrays: flat memory
     if stats.count == 0:
         raise ValueError(f"layer {layer}: the activation files hold no image")
     table = _with_boxes(top.result(), boxes, layer)
@@ -255,7 +343,7 @@ def select_topk(activation_paths: list[str | os.PathLike], manifest_path: str | 
     low = _with_boxes(low[low["activation"] < 0].reset_index(drop=True), boxes, layer)
     unit_table = stats.result()
     unit_table.insert(0, "layer", layer)
-    unit_table = label_purity(unit_table, table, shards.manifest)
+    unit_table = label_purity(unit_table, table, manifest)
     for t, path in ((table, topk_out), (unit_table, units_out), (low, bottomk_out)):
         if path is not None:
             with atomic_path(path) as tmp:

@@ -68,6 +68,35 @@ class UnitStats:
             self.sample[slot[last]] = rest[rows[last]]
         self.count += len(values)
 
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name) for name in
+                ("count", "sum", "max", "n_at_max", "min", "floor", "pos_min", "active", "sample")}
+
+    def merge(self, other: dict) -> None:
+        """Add another UnitStats' state (a block of shards): exact for every statistic but the
+        quantiles, whose reservoirs merge into a sample weighted by the images they stand for."""
+        count = int(other["count"])
+        if count == 0:
+            return
+        self.sum = self.sum + other["sum"]
+        self.active = self.active + other["active"]
+        self.n_at_max = np.where(other["max"] > self.max, other["n_at_max"],
+                                 np.where(other["max"] == self.max, self.n_at_max + other["n_at_max"],
+                                          self.n_at_max))
+        self.max = np.maximum(self.max, other["max"])
+        for name in ("min", "floor", "pos_min"):
+            setattr(self, name, np.minimum(getattr(self, name), other[name]))
+        sample = np.asarray(other["sample"], np.float32).reshape(-1, self.units)
+        if len(self.sample) + len(sample) <= self.size:
+            self.sample = np.concatenate([self.sample, sample])
+        else:
+            take = round(self.size * self.count / (self.count + count))
+            take = min(take, len(self.sample), self.size - min(len(sample), self.size - take))
+            mine = self._rng.choice(len(self.sample), take, replace=False)
+            theirs = self._rng.choice(len(sample), min(len(sample), self.size - take), replace=False)
+            self.sample = np.concatenate([self.sample[np.sort(mine)], sample[np.sort(theirs)]])
+        self.count += count
+
     def result(self) -> pd.DataFrame:
         out = pd.DataFrame({"unit": np.arange(self.units, dtype=np.int64),
                             "max": self.max.astype(np.float32),

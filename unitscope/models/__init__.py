@@ -18,6 +18,10 @@ WEIGHTS_ONLY = ("unitscope loads weights with torch.load(weights_only=True) and 
                 "from the file")
 
 
+class WeightsFetchError(RuntimeError):
+    """Published or URL weights could not be fetched (network, 404, hash mismatch)."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything unitscope needs to know about one model."""
@@ -235,7 +239,7 @@ def load_state_dict(spec: ModelSpec, weights: str):
         except (pickle.UnpicklingError, EOFError) as e:
             raise ValueError(f"weights {weights}: not a plain state_dict: {WEIGHTS_ONLY}") from None
         except Exception as e:  # urllib's URLError/HTTPError, a hash mismatch (RuntimeError)
-            raise RuntimeError(f"cannot fetch weights from {weights}: {e}") from None
+            raise WeightsFetchError(f"cannot fetch weights from {weights}: {e}") from None
         return _check_state(state, weights)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"weights file {weights!r} does not exist")
@@ -282,11 +286,10 @@ def build_model(spec: ModelSpec, weights: str | None = "imagenet", seed: int = 0
             raise ValueError(f"model.python: {spec.factory} returned a {type(model).__name__}, "
                              f"not a torch.nn.Module")
     if weights is not None:
+        state = load_state_dict(spec, weights)
         try:
-            model.load_state_dict(load_state_dict(spec, weights), strict=True)
-        except RuntimeError as e:
-            if str(e).startswith("cannot fetch"):
-                raise
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:  # missing or unexpected keys, shapes that differ
             raise ValueError(f"weights {weights!r} do not fit model {spec.name!r}: "
                              f"{str(e).splitlines()[0]}") from None
     return model.eval()

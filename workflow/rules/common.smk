@@ -36,6 +36,7 @@ MODEL = PLAN.model.as_dict()
 wildcard_constraints:
     layer="|".join(re.escape(name) for name in LAYERS),
     shard=r"\d\d\d+",
+    block=r"\d\d\d+",
 
 
 def setting(key):
@@ -77,6 +78,32 @@ def shard_inputs(wildcards):
 
 def layer_activations(wildcards):
     return [L.activations(wildcards.layer, s) for s in SHARDS]
+
+
+def block_of(wildcards) -> tuple[int, int]:
+    return PLAN.blocks[int(wildcards.block)]
+
+
+def block_activations(wildcards):
+    """The activation shards of one block of the tree merge."""
+    first, end = block_of(wildcards)
+    return [L.activations(wildcards.layer, s) for s in SHARDS[first:end]]
+
+
+def block_first(wildcards):
+    return block_of(wildcards)[0]
+
+
+def pass_sources(kind):
+    """What a layer's top-k or ranges pass reads: its shards, or with many shards the partial
+    results of blocks of them."""
+
+    def sources(wildcards):
+        if len(PLAN.blocks) == 1:
+            return {"activations": layer_activations(wildcards)}
+        return {"parts": [L.part(kind, wildcards.layer, b) for b in range(len(PLAN.blocks))]}
+
+    return sources
 
 
 def figure_inputs(wildcards):
