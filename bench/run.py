@@ -15,10 +15,12 @@ machine (these machines are noisy), printed as a table and written to bench/resu
 2. inference stage throughput / a bare PyTorch loop over the same in-memory tensors (>= 0.90).
 3. top-k stage with bottom-k, histograms and range examples vs a naive pandas sort at 20,000
    images x 256 units (>= 5x), and its peak memory at 200,000 / 20,000 images (<= 1.2).
-4. snakemake --dry-run planning of 1,400 shards x 5 layers (< 15 s).
+4. snakemake --dry-run planning of 1,400 shards x 5 layers (< 15 s); the folder dataset's
+   fingerprint (path, size, mtime of every file, taken at every parse) for 100,000 files (<= 3 s).
 5. the default run (408 sample crops, EfficientNet-Lite0): wall time, and per layer the share of
-   the figure's tiles that is padding gray (<= 0.35) and the share of shown projections with >= 2%
-   of their pixels 16+ grey levels from mid-grey (>= 0.90).
+   the figure's tile cells left empty — padding gray, or the margin around a tile that shows what
+   the unit sees — (<= 0.35) and the share of shown projections with >= 2% of their pixels 16+
+   grey levels from mid-grey (>= 0.90).
 """
 from __future__ import annotations
 
@@ -337,6 +339,24 @@ def bench_planning(tmp: Path, shards: int = 1400) -> dict:
     return {"shards": shards, "layers": 5, "s": time.perf_counter() - t}
 
 
+# ---------------------------------------------------------------- 4b. a folder's listing
+def bench_listing(tmp: Path, files: int = 100_000) -> dict:
+    """The fingerprint of a folder dataset (relative path, size, mtime of every image file), taken
+    at every parse of the workflow: its cost for `files` files in folders of 100."""
+    from unitscope.datasets.index import folder_listing
+
+    root = tmp / "folder"
+    for i in range(files):
+        if i % 100 == 0:
+            sub = root / f"class-{i // 100:04d}"
+            sub.mkdir(parents=True)
+        (sub / f"img-{i:06d}.jpg").write_bytes(b"")
+    folder_listing(root)  # warm the directory cache, as the parse after the first one finds it
+    t = time.perf_counter()
+    _, count = folder_listing(root)
+    return {"files": count, "s": time.perf_counter() - t}
+
+
 # ---------------------------------------------------------------- 5. the default run
 def bench_default(tmp: Path, max_images: int | None) -> dict:
     import yaml
@@ -357,8 +377,8 @@ def bench_default(tmp: Path, max_images: int | None) -> dict:
 
 
 def figure_shares(L, layer: str) -> dict:
-    """Padding share of the shown top tiles (as drawn: 0 where a tile shows what the unit sees)
-    and the share of shown projections with >= 2% of pixels 16+ levels from mid-grey."""
+    """Share of the shown top tiles' cells left empty (padding gray, or around a tile that shows what
+    the unit sees) and the share of shown projections with >= 2% of pixels 16+ levels from mid-grey."""
     import pandas as pd
 
     from unitscope.patches import read_index, read_patches
@@ -372,7 +392,11 @@ def figure_shares(L, layer: str) -> dict:
     t = idx[(idx["kind"] == "top") & idx["unit"].isin(shown)]
     box = (t.y1 - t.y0) * (t.x1 - t.x0)
     vis = (t.vy1 - t.vy0) * (t.vx1 - t.vx0)
-    padding = 0.0 if seen else float((1 - vis / box).mean())
+    if seen:  # a tile keeps the visible part's aspect: the cell's empty share is 1 - short/long side
+        h, w = t.vy1 - t.vy0, t.vx1 - t.vx0
+        padding = float((1 - np.minimum(h, w) / np.maximum(h, w)).mean())
+    else:
+        padding = float((1 - vis / box).mean())
     pidx = read_index(L.projections(layer), "projections")
     pt = pidx[pidx["kind"] == "top"]
     images = read_patches(L.projections(layer), pt.index, "projections")
@@ -422,6 +446,10 @@ def table(res: dict) -> str:
         p = res["planning"]
         rows.append((f"dry-run planning, {p['shards']:,} shards x {p['layers']} layers",
                      f"{p['s']:.1f} s", "< 15 s", p["s"] < 15))
+    if "listing" in res:
+        f = res["listing"]
+        rows.append((f"folder dataset fingerprint (every parse), {f['files']:,} files",
+                     f"{f['s']:.2f} s", "<= 3 s", f["s"] <= 3))
     if "default" in res:
         d = res["default"]
         for layer, f in d["layers"].items():
@@ -454,14 +482,18 @@ def main() -> int:
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--table", nargs="?", const=str(DEFAULT_OUT), metavar="JSON",
                    help="only print the table of an earlier run")
-    p.add_argument("--only", nargs="+", choices=["scale", "inference", "topk", "planning", "default"])
+    p.add_argument("--only", nargs="+", choices=["scale", "inference", "topk", "planning", "listing", "default"],
+                   help="run only these sections (merged into an existing --out file)")
     args = p.parse_args()
     if args.table:
         return print_table(args.table)
     q = args.quick
-    res = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+    out = Path(args.out)
+    res = json.loads(out.read_text()) if args.only and out.exists() else {}
+    res |= {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                        "platform": platform.platform()}, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     sections = {"planning": lambda tmp: bench_planning(tmp, 200 if q else 1400),
+                "listing": lambda tmp: bench_listing(tmp, 10_000 if q else 100_000),
                 "topk": lambda tmp: bench_topk(tmp, 2000 if q else 20000, 20000 if q else 200000, 256),
                 "inference": lambda tmp: bench_inference(tmp, 32 if q else 192),
                 "scale": lambda tmp: bench_scale(tmp, 200 if q else 5000, 800 if q else 20000),
@@ -474,7 +506,6 @@ def main() -> int:
             (Path(d) / name).mkdir()
             res[name] = fn(Path(d) / name)
             print(f"{name}: done in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     print(table(res))
