@@ -1,13 +1,14 @@
 """A short hash of the package version and the source of every unitscope module a stage imports —
 found by reading the import statements of the stage's function in `stages.py` (and of the helpers
-it calls) and, recursively, of each module they reach (imports inside functions included) —
+it calls) and, recursively, of each module they reach (imports inside functions included, and
+the `module:function` factories the models table imports by name) —
 given to Snakemake as a param, so that changing any code a stage runs reruns exactly the jobs of
 that stage and of the stages after it. Nothing is kept by hand."""
 from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
+import os
 from functools import lru_cache
 
 from . import __version__
@@ -15,16 +16,22 @@ from . import __version__
 PACKAGE = "unitscope"
 
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+@lru_cache(maxsize=None)
 def _source(module: str) -> tuple[str, str] | None:
-    """(path, text) of a unitscope module, None if it does not exist."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
+    """(path, text) of a unitscope module, None if it does not exist. Found by path, not by
+    importlib (whose find_spec imports the parent: a stage's whole module, torch and all)."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE or not all(p.isidentifier() for p in parts):
         return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    with open(spec.origin, encoding="utf-8") as f:
-        return spec.origin, f.read()
+    base = os.path.join(ROOT, *parts[1:])
+    for path in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                return path, f.read()
+    return None
 
 
 def imported_modules(text: str, module: str | None = None, is_package: bool = False) -> set[str]:
@@ -47,6 +54,11 @@ def imported_modules(text: str, module: str | None = None, is_package: bool = Fa
             for a in node.names:  # `from . import x` may name a module
                 if _source(f"{base}.{a.name}") is not None:
                     found.add(f"{base}.{a.name}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            # "unitscope.models.resnet:resnet18": a factory the models table imports by name
+            name, colon, attr = node.value.partition(":")
+            if colon and name.split(".")[0] == PACKAGE and attr.isidentifier() and _source(name):
+                found.add(name)
     # importing a.b.c runs a/__init__ and a/b/__init__ too
     for name in list(found):
         parts = name.split(".")
