@@ -137,20 +137,26 @@ def _shown_examples(top, bottom, ranges, shown, figure, k=None):
                           max_rank=min(k or MAX_SHOWN_PER_UNIT, MAX_SHOWN_PER_UNIT))
 
 
-def projections(top: str, shown: str, manifest: str, model: dict, layer: str, method: str,
-                out: str, figure: str = "top", patch_max_px: int = 128, bottom: str | None = None,
-                ranges: str | None = None, inputs: list[str] | None = None, threads: int = 1) -> None:
-    """Deconvnet / guided-backprop projections of the shown units' examples."""
+def _network(model: dict, layer: str, threads: int):
+    """(spec, network with its weights, module path of `layer`), torch on `threads` threads."""
     import torch
 
     from .models import ModelConfig, build_model, resolve_layers
-    from .projections import write_projections
 
     torch.set_num_threads(max(threads, 1))
     cfg = ModelConfig.from_dict(model)
     spec = cfg.spec()
     net = build_model(spec, cfg.weights, cfg.seed)
-    module = resolve_layers(spec, [layer], model=net)[layer]
+    return spec, net, resolve_layers(spec, [layer], model=net)[layer]
+
+
+def projections(top: str, shown: str, manifest: str, model: dict, layer: str, method: str,
+                out: str, figure: str = "top", patch_max_px: int = 128, bottom: str | None = None,
+                ranges: str | None = None, inputs: list[str] | None = None, threads: int = 1) -> None:
+    """Deconvnet / guided-backprop projections of the shown units' examples."""
+    from .projections import write_projections
+
+    spec, net, module = _network(model, layer, threads)
     entries = _shown_examples(top, bottom, ranges, shown, figure)
     with _images(manifest, model, inputs) as images:
         write_projections(entries, images, out, net, module, spec.mean, spec.std, method, patch_max_px)
@@ -160,16 +166,9 @@ def verify(top: str, shown: str, manifest: str, model: dict, layer: str, out: st
            figure: str = "top", precision: str = "fp32", bottom: str | None = None,
            threads: int = 1) -> None:
     """Rerun the network on the shown examples and check their stored activations."""
-    import torch
-
-    from .models import ModelConfig, build_model, resolve_layers
     from .verify import verify_examples
 
-    torch.set_num_threads(max(threads, 1))
-    cfg = ModelConfig.from_dict(model)
-    spec = cfg.spec()
-    net = build_model(spec, cfg.weights, cfg.seed)
-    module = resolve_layers(spec, [layer], model=net)[layer]
+    spec, net, module = _network(model, layer, threads)
     entries = _shown_examples(top, bottom, None, shown, figure)
     entries = entries[entries["kind"] != "range"]
     with _images(manifest, model, None) as images:  # from the source files, whatever the store says
