@@ -52,7 +52,7 @@ def _json(value: str):
 
 def _add_stage(sub, name: str, fn) -> None:
     """A subcommand whose options are the stage function's parameters."""
-    doc = (fn.__doc__ or "").strip().splitlines()[0]
+    doc = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
     s = sub.add_parser(name, help=doc, description=doc)
     hints = typing.get_type_hints(fn)
     for pname, param in inspect.signature(fn).parameters.items():
