@@ -65,7 +65,7 @@ def fake_results(tmp: Path, units: int = 96, n_images: int = 6):
                    rf=str(res / "rf.parquet"), activations=[str(shard)],
                    bottomk=str(res / "bottomk.parquet"), hist=str(res / "hist.parquet"),
                    ranges=str(res / "ranges.parquet"))
-    select_topk([shard], manifest, res / "layers.parquet", f.rf, "conv", k=2, topk_out=f.topk,
+    select_topk([shard], manifest, res / "layers.parquet", f.rf, "conv", k=9, topk_out=f.topk,
                 units_out=f.units, bottomk_out=f.bottomk)
     write_shown(f.units, f.shown, [0, 1, 2], "top", 0)
     histogram_and_ranges([shard], manifest, res / "layers.parquet", f.rf, f.units, "conv",
@@ -81,7 +81,7 @@ def test_gallery_links_images_sorting_and_escaping_in_chromium(tmp_path):
     res, manifest, files, images = fake_results(tmp_path)
     index = build_gallery(res / "layers.parquet", manifest, {"conv": files}, ArrayImages(images),
                           Preprocessing(37, 32), res / "gallery", title="test gallery",
-                          rejected=0, method="guided_backprop")
+                          rejected=0, method="guided_backprop", k={"conv": 9})
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -130,7 +130,7 @@ def test_gallery_links_images_sorting_and_escaping_in_chromium(tmp_path):
         # unit 0's page: histogram, bottom-k, range examples, labels; the hostile label as text
         page.goto((res / "gallery/conv/unit-0000.html").as_uri())
         body = page.inner_text("body")
-        for heading in ("Histogram of its per-image maxima", "Top 2 images", "Most negative (bottom-k)",
+        for heading in ("Histogram of its per-image maxima", "Top 6 images (6 of k=9 available)", "Most negative (bottom-k)",
                         "Across its range of activations", "Labels of its top images"):
             assert heading in body, heading
         assert page.locator("svg.hist rect").count() == 40

@@ -179,8 +179,6 @@ def test_figures_stay_bounded_and_mark_dead_and_saturated_units(tmp_path):
     fig = Image.open(tmp_path / "L.png")
     # at most 64 patches per unit: an 8×8 block of 16 px, not a 317×317 one
     assert fig.width < 2 * (8 * 18 + 40) + 700 and fig.height < 8 * 18 + 400
-    from unitscope.grids import _font  # noqa: F401  (the font the captions use)
-
     block = np.asarray(Image.open(tmp_path / "L" / "unit-0001.png").convert("RGB"))
     red_text = ((block[..., 0] > 200) & (block[..., 1] < 60) & (block[..., 2] < 60)).sum()
     assert red_text > 20  # "never fires on this dataset" is drawn in red

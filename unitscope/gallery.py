@@ -141,8 +141,10 @@ def _rf_text(layer) -> str:
 def build_gallery(layers_path: str | os.PathLike, manifest_path: str | os.PathLike,
                   files: dict[str, LayerFiles], images: ImageSource, prep: Preprocessing,
                   out_dir: str | os.PathLike, title: str = "", rejected: int = 0,
-                  method: str = "", classes_path: str | os.PathLike | None = None) -> Path:
-    """Write the gallery into `out_dir` (replaced as a whole)."""
+                  method: str = "", classes_path: str | os.PathLike | None = None,
+                  k: dict[str, int] | None = None) -> Path:
+    """Write the gallery into `out_dir` (replaced as a whole). `k`: each layer's configured k, so
+    that a unit with fewer examples says how many of k were available."""
     layers = pd.read_parquet(layers_path)
     manifest = pd.read_parquet(manifest_path)
     by_id = manifest.set_index("image_id", drop=False)
@@ -161,7 +163,8 @@ def build_gallery(layers_path: str | os.PathLike, manifest_path: str | os.PathLi
                 v = pd.read_parquet(f.verify)
                 erf = int(v["erf_px"].median()) if len(v) else None
             used |= _layer_pages(tmp / layer.layer, layer, f, by_id, size, prep, erf, method,
-                                 classes[classes["layer"] == layer.layer] if classes is not None else None)
+                                 classes[classes["layer"] == layer.layer] if classes is not None else None,
+                                 (k or {}).get(layer.layer))
             rows_html.append(
                 f"<tr><td><a href='{e(layer.layer)}/index.html'>{e(layer.layer)}</a></td>"
                 f"<td>{e(layer.module)}</td><td>{layer.channels}×{layer.height}×{layer.width}</td>"
@@ -256,7 +259,7 @@ def _entry(r, kind: str, meta, patch_names, proj_names, size: int, prep: Preproc
 
 def _layer_pages(folder: Path, layer, f: LayerFiles, manifest: pd.DataFrame, size: int,
                  prep: Preprocessing, erf: int | None, method: str,
-                 classes: pd.DataFrame | None) -> set[int]:
+                 classes: pd.DataFrame | None, k: int | None = None) -> set[int]:
     """The layer page and every unit page; returns the image ids they show."""
     L = layer.layer
     top = pd.read_parquet(f.topk)
@@ -301,7 +304,9 @@ def _layer_pages(folder: Path, layer, f: LayerFiles, manifest: pd.DataFrame, siz
             sections.append(f"<p><b>Saturated</b>: {s.n_at_max} images reach its maximum "
                             f"{s.max:.4g} exactly (a clamp such as ReLU6's cap); they are ordered "
                             f"by the map's spatial mean.</p>")
-        sections.append(f"<h2>Top {len(by_unit.get(u, []))} images</h2><div class=entries>{entries}</div>")
+        n = len(by_unit.get(u, []))
+        short = f" ({n} of k={k} available)" if k and n < k else ""
+        sections.append(f"<h2>Top {n} images{short}</h2><div class=entries>{entries}</div>")
         low = low_by_unit.get(u)
         if low is not None and len(low):
             sections.append("<h2>Most negative (bottom-k)</h2><div class=entries>"

@@ -213,7 +213,7 @@ def grids(patches: str, units: str, shown: str, table: str, manifest: str, layer
 
 def gallery(table: str, manifest: str, rejected: str, model: dict, layers: dict, out: str,
             title: str = "", method: str = "", classes: str | None = None,
-            inputs: list[str] | None = None) -> None:
+            inputs: list[str] | None = None, k: dict | None = None) -> None:
     """The browsable static site. `layers` maps each layer to its files (gallery.LayerFiles)."""
     import pandas as pd
 
@@ -222,4 +222,4 @@ def gallery(table: str, manifest: str, rejected: str, model: dict, layers: dict,
     files = {name: LayerFiles(**f) for name, f in layers.items()}
     with _images(manifest, model, inputs) as images:
         build_gallery(table, manifest, files, images, _prep(model), out, title,
-                      len(pd.read_parquet(rejected)), method, classes)
+                      len(pd.read_parquet(rejected)), method, classes, k)

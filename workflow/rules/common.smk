@@ -150,6 +150,11 @@ def gallery_files():
     return files
 
 
+def layer_ks():
+    """Each layer's k (the gallery says "6 of k=9 available" where a unit has fewer)."""
+    return {layer: PLAN.layer(layer).k for layer in LAYERS}
+
+
 def gallery_inputs(wildcards):
     paths = []
     for f in gallery_files().values():

@@ -47,6 +47,7 @@ rule gallery:
         layers=gallery_files(),
         title=f"{L.model} on {L.dataset}",
         method=PLAN.projection,
+        k=layer_ks(),
         code=stage_fingerprint("gallery"),
     conda:
         "../../envs/unitscope.yaml"
