@@ -13,7 +13,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@# -qq: setuptools prints a warning at every editable install; errors still show
+	$(BIN)/python -m pip install -qq --no-deps -e .
 	touch $@
 
 run: setup
