@@ -135,7 +135,7 @@ def test_files_that_are_not_export_programs_are_refused_in_one_line(tmp_path):
         plan_of({**base, "model": {"export": str(tmp_path / "none.pt2")}})
 
 
-def test_the_plan_takes_the_input_size_from_the_program_and_checks_layers(tmp_path):
+def test_the_plan_takes_the_input_size_from_the_program_and_checks_layers(tmp_path, capsys):
     path = export(Blocks(), tmp_path / "blocks.pt2", (40, 40), dynamic=False)
     plan = plan_of({"dataset": {"name": "sample"}, "model": {"export": path},
                     "layers": ["pool", "head"], "units": 4})
@@ -143,9 +143,17 @@ def test_the_plan_takes_the_input_size_from_the_program_and_checks_layers(tmp_pa
     assert [lp.channels for lp in plan.layers] == [8, 4]
     with pytest.raises(PlanError, match="unknown layer.*'nope'"):
         plan_of({"dataset": {"name": "sample"}, "model": {"export": path}, "layers": ["nope"]})
-    with pytest.raises(PlanError, match="'model.input_size': 64, but the program was exported for 40"):
+    with pytest.raises(PlanError, match="'model.input_size': input size 64 asked for, but the program was exported for 40"):
         plan_of({"dataset": {"name": "sample"}, "model": {"export": path, "input_size": 64},
                  "layers": ["pool"]})
+    # the command line takes the program's size as the plan does
+    from unitscope.cli import main
+
+    assert main(["layers", "--model", str(path), "--layers", "pool", "head"]) == 0
+    table = capsys.readouterr().out
+    reference, _ = layer_table(Blocks().eval(), {"pool": "pool", "head": "head"}, (40, 40))
+    for row in reference.itertuples():
+        assert f"{row.channels}×{row.height}×{row.width}" in table
     # a program exported with a fixed batch of 1 still runs (one image at a time)
     exported = load_exported(path)
     table, _ = layer_table(exported, {"head": "head"}, (40, 40))

@@ -86,11 +86,12 @@ def _call_stage(fn, args: argparse.Namespace) -> None:
 def layers_command(args: argparse.Namespace) -> None:
     """Print (and write) a model's layer table and per-position boxes; no data needed."""
     from .layers import format_table, layer_table, write_layer_table
-    from .models import ModelConfig, build_model, resolve_layers
+    from .models import ModelConfig, build_model, fit_to_program, resolve_layers
 
     cfg = ModelConfig.from_dict(model_dict(args))
     spec = cfg.spec()
     net = build_model(spec, weights=None, seed=cfg.seed)
+    spec = fit_to_program(spec, net, cfg.input_size, cfg.resize_size)
     names = args.layers or list(spec.aliases)
     if not names:
         raise ValueError(f"model {spec.name} has no aliases: name its layers with --layers")

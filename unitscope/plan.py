@@ -446,7 +446,7 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
             bound = min(bound, count) if bound else count
         if bound is not None and shards > max(bound, 1):
             warnings.append(f"shards: {shards} is more than the {bound} images the dataset can "
-                            f"have; using {max(bound, 1)} shards")
+                            f"have; using {max(bound, 1)} shard{'s' if bound > 1 else ''}")
             shards = max(bound, 1)
 
     device = config["device"]
@@ -472,7 +472,7 @@ def _describe(spec: ModelSpec, model_cfg: ModelConfig, layers: list[str], projec
     module makes one feature map, count its channels, and for a model of the user's own check
     that the deconvnet can invert it when asked for."""
     from .hooks import LayerOutputError
-    from .models import build_model, resolve_layers
+    from .models import build_model, fit_to_program, resolve_layers
     from .receptive_field import feature_sizes
 
     try:
@@ -480,18 +480,11 @@ def _describe(spec: ModelSpec, model_cfg: ModelConfig, layers: list[str], projec
     except (ValueError, OSError) as e:
         key = "model.export" if spec.kind == "export" else "model.python"
         raise PlanError(f"config key '{key}': {e}") from None
-    if spec.kind == "export":
-        shape = getattr(net, "unitscope_input_shape", (None,) * 4)
-        if shape[2] is not None and shape[3] is not None:
-            if shape[2] != shape[3]:
-                raise PlanError(f"config key 'model.export': the program takes {shape[2]}×{shape[3]} "
-                                f"inputs; unitscope feeds square images: export it for square inputs")
-            if model_cfg.input_size and model_cfg.input_size != shape[2]:
-                raise PlanError(f"config key 'model.input_size': {model_cfg.input_size}, but the "
-                                f"program was exported for {shape[2]}×{shape[3]} inputs")
-            if not model_cfg.input_size:
-                spec = dataclasses.replace(spec, input_size=shape[2],
-                                           resize_size=model_cfg.resize_size or round(shape[2] / 0.875))
+    try:
+        spec = fit_to_program(spec, net, model_cfg.input_size, model_cfg.resize_size)
+    except ValueError as e:
+        raise PlanError(f"config key '{'model.input_size' if model_cfg.input_size else 'model.export'}'"
+                        f": {e}") from None
     try:
         modules = resolve_layers(spec, layers, model=net)
         shapes = feature_sizes(net, modules, (spec.input_size, spec.input_size))

@@ -295,6 +295,26 @@ def build_model(spec: ModelSpec, weights: str | None = "imagenet", seed: int = 0
     return model.eval()
 
 
+def fit_to_program(spec: ModelSpec, model, input_size: int | None = None,
+                   resize_size: int | None = None) -> ModelSpec:
+    """The spec with the input size a torch.export program was exported for, where the program
+    fixes its height and width and the config gives none; a ValueError where the program's input
+    is not square or the config's `input_size` disagrees with it."""
+    shape = getattr(model, "unitscope_input_shape", None)
+    if spec.kind != "export" or not shape or shape[2] is None or shape[3] is None:
+        return spec
+    h, w = shape[2], shape[3]
+    if h != w:
+        raise ValueError(f"the program takes {h}×{w} inputs; unitscope feeds square images: "
+                         f"export it for square inputs")
+    if input_size and input_size != h:
+        raise ValueError(f"input size {input_size} asked for, but the program was exported for "
+                         f"{h}×{w} inputs")
+    if input_size:
+        return spec
+    return dataclasses.replace(spec, input_size=h, resize_size=resize_size or round(h / 0.875))
+
+
 def batch_limit(model, wanted: int) -> int:
     """The batch size to run: `wanted`, or the fixed batch size a torch.export program was
     exported with (export it with a dynamic batch dimension to run batches)."""

@@ -16,7 +16,7 @@ from torch import nn
 
 TORCHSCRIPT_RETIRED = (
     "is a TorchScript file; unitscope reads models saved with torch.export instead: "
-    "ep = torch.export.export(model.eval(), (torch.zeros(1, 3, H, W),), dynamic_shapes="
+    "ep = torch.export.export(model.eval(), (torch.zeros(2, 3, H, W),), dynamic_shapes="
     "{'x': {0: torch.export.Dim('batch')}}); torch.export.save(ep, 'model.pt2')")
 
 
