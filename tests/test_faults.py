@@ -10,14 +10,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from torch import nn
 
 from conftest import REPO, plan_of
 from test_topk import random_data, write_stage_inputs
@@ -163,12 +160,13 @@ def test_leftover_temporary_files_of_killed_writers_are_removed(tmp_path):
     p.wait()
     left = list(out.parent.glob(".table.parquet.tmp-*"))
     assert len(left) == 1 and not out.exists()
-    # a live writer's temporary file is left alone
-    alive = out.parent / f".table.parquet.tmp-{HOST}-{os.getpid()}0"
+    # a live writer's temporary file (here our parent process's) is left alone
+    alive = out.parent / f".table.parquet.tmp-{HOST}-{os.getppid()}"
+    alive.write_text("still being written")
     with atomic_path(out) as tmp:
         tmp.write_text("done")
     assert out.read_text() == "done"
-    assert not left[0].exists()
+    assert not left[0].exists() and alive.exists()
 
 
 def test_a_full_disk_is_one_line_no_crash_and_no_half_written_file(tmp_path):

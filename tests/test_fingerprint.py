@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 from conftest import REPO
 from unitscope.fingerprint import imported_modules, stage_modules

@@ -218,8 +218,6 @@ def draw_grids(patches_path: str | os.PathLike, units_path: str | os.PathLike,
     """Write the layer figure and one PNG per shown unit (unit-UUUU.png); returns the units.
     `shown` is the layer's shown/L.json; `panels` = patches, projections or both; `figure` =
     top, bottom or both."""
-    from PIL import Image
-
     if panels not in PANELS:
         raise ValueError(f"panels {panels!r}; valid: {', '.join(PANELS)}")
     if figure not in FIGURES:
@@ -303,8 +301,6 @@ def _compose(blocks: list, header: list[str], per_row: int):
     bh = max(b.height for b in blocks) if blocks else 20
     n_rows = math.ceil(len(blocks) / per_row)
     top = _header_height(header)
-    from PIL import ImageDraw
-
     width = max(per_row * bw + (per_row + 1) * UNIT_GAP, _text_width(header) + 2 * UNIT_GAP)
     fig = Image.new("RGB", (width, top + n_rows * bh + (n_rows + 1) * UNIT_GAP), BACKGROUND)
     for i, b in enumerate(blocks):
@@ -320,11 +316,3 @@ def _text_width(lines: list[str]) -> int:
     d = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     return int(max((d.textlength(line, font=_font(16 if i == 0 else 12))
                     for i, line in enumerate(lines)), default=0))
-
-
-def gray_share(figure_path: str | os.PathLike) -> float:
-    """Share of a figure's pixels that are exactly the padding gray (128, 128, 128)."""
-    from PIL import Image
-
-    a = np.asarray(Image.open(figure_path).convert("RGB"))
-    return float((a == GRAY).all(axis=2).mean())

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .models import MODELS, ModelConfig, ModelSpec, factory_file, projection_method, weights_file
+from .models import ModelConfig, ModelSpec, factory_file, projection_method, weights_file
 
 URL = re.compile(r"^(https?|file)://")
 FAN_IN = 64  # shards one top-k/ranges job reads; more shards are merged in a tree of blocks

@@ -30,7 +30,6 @@ probe's at every position (else a one-line error naming the layer, the position 
 where the walk does not, the probe's boxes are the field (display box = support)."""
 from __future__ import annotations
 
-import math
 import weakref
 from dataclasses import dataclass
 from fractions import Fraction
@@ -43,7 +42,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from .geometry import UnknownReceptiveField
-from .hooks import FirstCalls, StopForward
+from .hooks import FirstCalls
 
 EMPTY = 1 << 40  # a support with no pixel: y0 = x0 = EMPTY, y1 = x1 = -EMPTY
 

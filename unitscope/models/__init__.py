@@ -236,7 +236,7 @@ def load_state_dict(spec: ModelSpec, weights: str):
         try:
             state = torch.hub.load_state_dict_from_url(weights, map_location="cpu", check_hash=True,
                                                        weights_only=True, progress=False)
-        except (pickle.UnpicklingError, EOFError) as e:
+        except (pickle.UnpicklingError, EOFError):
             raise ValueError(f"weights {weights}: not a plain state_dict: {WEIGHTS_ONLY}") from None
         except Exception as e:  # urllib's URLError/HTTPError, a hash mismatch (RuntimeError)
             raise WeightsFetchError(f"cannot fetch weights from {weights}: {e}") from None
