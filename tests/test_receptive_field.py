@@ -12,6 +12,7 @@ import copy
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -341,18 +342,12 @@ def test_non_affine_fields_say_so_and_affine_ones_give_size_stride_start():
     model = ZOO["nearest upsample"][0].eval()
     table, boxes = layer_table(model, {"up": "1", "conv": "0"}, (16, 16))
     up, conv = table.iloc[0], table.iloc[1]
-    assert not up["rf_affine"] and pd_isna(up["rf_size"]) and up["rf_max_h"] == 3
+    assert not up["rf_affine"] and pd.isna(up["rf_size"]) and up["rf_max_h"] == 3
     assert conv["rf_affine"] and (conv["rf_size"], conv["rf_stride"], conv["rf_start"]) == (3, 1, -1)
     rf = boxes["up"]
     assert list(rf.columns) == ["y", "x", "y0", "x0", "y1", "x1"] and len(rf) == 32 * 32
     # nearest ×2: output rows 2i and 2i+1 see the same input row i
     assert list(rf[rf["x"] == 5]["y0"][:6]) == [-1, -1, 0, 0, 1, 1]
-
-
-def pd_isna(v) -> bool:
-    import pandas as pd
-
-    return bool(pd.isna(v))
 
 
 def test_small_conv_pool_stack_matches_hand_computed_numbers():
@@ -373,6 +368,21 @@ def test_zfnet_conv1_and_conv2_fields_match_the_paper():
     table, _ = layer_table(net, resolve_layers(spec, ["conv1", "pool1", "conv2"]), (224, 224))
     assert [(r.height, r.channels) for r in table.itertuples()] == [(110, 96), (55, 96), (26, 256)]
     assert list(table["rf_size"]) == [7, 11, 27]
+
+
+def test_the_command_line_writes_every_positions_box_as_the_workflow_does(tmp_path, capsys):
+    """`layers --boxes-out DIR`: one file per layer with every position's box, at the paper's
+    sizes and strides (ZF-net conv1 7 px / 2, conv2 27 px / 8)."""
+    from unitscope.cli import main
+
+    out = tmp_path / "boxes"
+    assert main(["layers", "--model", "zfnet", "--layers", "conv1", "conv2", "--boxes-out", str(out)]) == 0
+    assert "conv2" in capsys.readouterr().out
+    for layer, (n, size, stride) in {"conv1": (110, 7, 2), "conv2": (26, 27, 8)}.items():
+        b = pd.read_parquet(out / f"{layer}.parquet")
+        assert len(b) == n * n and list(b.columns) == ["y", "x", "y0", "x0", "y1", "x1"]
+        assert ((b.y1 - b.y0) == size).all() and ((b.x1 - b.x0) == size).all()
+        assert (b.y0 - b.y0.min() == stride * b.y).all() and (b.x0 - b.x0.min() == stride * b.x).all()
 
 
 def _sample_positions(h: int, w: int) -> list[tuple[int, int]]:
