@@ -17,7 +17,7 @@ from .logs import USER_ERRORS, configure, exit_now, one_line
 
 log = logging.getLogger("unitscope")
 
-MODEL_OPTIONS = ("weights", "seed", "input_size", "resize_size", "mean", "std")
+MODEL_OPTIONS = ("weights", "seed", "input_size", "resize_size", "mean", "std", "trust_code")
 
 
 def _model_options(s: argparse.ArgumentParser, required: bool = True) -> None:
@@ -30,6 +30,9 @@ def _model_options(s: argparse.ArgumentParser, required: bool = True) -> None:
     s.add_argument("--resize-size", type=int, help="shorter side before the centre crop")
     s.add_argument("--mean", type=float, nargs=3, help="per-channel mean, 0-255 scale")
     s.add_argument("--std", type=float, nargs=3, help="per-channel std, 0-255 scale")
+    s.add_argument("--trust-code", action="store_true", default=None,
+                   help="read a .pt2 with torch.export.load even where it would run code from the "
+                        "file (only for files you trust)")
 
 
 def model_dict(args: argparse.Namespace) -> dict:

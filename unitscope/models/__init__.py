@@ -41,6 +41,7 @@ class ModelSpec:
     packaged_weights: str | None = None  # "module:function" giving the path of shipped weights
     deconvnet: bool = False             # only conv/ReLU/max-pool/LRN: Zeiler & Fergus's deconvnet applies
     classifier: str | None = None       # module path of the final nn.Linear (class logits)
+    trust_code: bool = False            # read an export file with torch.export.load (may run its code)
 
     @property
     def has_published_weights(self) -> bool:
@@ -127,6 +128,7 @@ class ModelConfig:
     id: str | None = None
     weights: str = "imagenet"
     seed: int = 0
+    trust_code: bool = False
     input_size: int | None = None
     resize_size: int | None = None
     mean: tuple[float, ...] | None = None
@@ -163,7 +165,8 @@ class ModelConfig:
             spec = ModelSpec(name=self.python.split(":")[1], kind="python", factory=self.python)
         elif self.export:
             stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(self.export))[0])
-            spec = ModelSpec(name=stem.strip(".") or "exported", kind="export", export=self.export)
+            spec = ModelSpec(name=stem.strip(".") or "exported", kind="export", export=self.export,
+                             trust_code=bool(self.trust_code))
         elif self.name in MODELS:
             spec = MODELS[self.name]
         else:
@@ -276,7 +279,7 @@ def build_model(spec: ModelSpec, weights: str | None = "imagenet", seed: int = 0
     if spec.kind == "export":
         from .export import load_exported
 
-        model = load_exported(spec.export)
+        model = load_exported(spec.export, spec.trust_code)
         weights = None if weights == "imagenet" else weights
     else:
         with torch.random.fork_rng(devices=[]):
@@ -287,8 +290,8 @@ def build_model(spec: ModelSpec, weights: str | None = "imagenet", seed: int = 0
                              f"not a torch.nn.Module")
     if weights is not None:
         state = load_state_dict(spec, weights)
-        try:
-            model.load_state_dict(state, strict=True)
+        try:  # assign: an export file's module shares its tensors with the program read once
+            model.load_state_dict(state, strict=True, assign=spec.kind == "export")
         except RuntimeError as e:  # missing or unexpected keys, shapes that differ
             raise ValueError(f"weights {weights!r} do not fit model {spec.name!r}: "
                              f"{str(e).splitlines()[0]}") from None
