@@ -84,7 +84,7 @@ def plan_of(config: dict, **kw):
     """The plan of a config, in-process (the same checks the workflow makes before any job)."""
     from unitscope.plan import build_plan
 
-    return build_plan(validated(config), **kw)
+    return build_plan(validated(config), **{"check_results": False, **kw})
 
 
 def snakemake(workdir: Path, config: dict, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:

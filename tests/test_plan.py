@@ -125,7 +125,7 @@ def test_the_defaults_fill_every_key_and_the_shipped_config_is_valid():
     config = validated(yaml.safe_load((REPO / "config.yaml").read_text()))
     plan = plan_of(config)
     assert plan.layer_names == ["stem", "block1", "block3", "block7", "block15"]
-    assert plan.inputs == "stream" and plan.verify and plan.projection == "guided_backprop"
+    assert plan.inputs == "stream" and plan.verify == "shown" and plan.projection == "guided_backprop"
     lp = plan.layer("block3")
     assert (lp.k, lp.units, lp.pick, lp.figure, lp.panels, lp.n_ranges, lp.per_range) == (
         9, 9, "top", "top", "both", 10, 5)

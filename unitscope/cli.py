@@ -113,17 +113,52 @@ def layers_command(args: argparse.Namespace) -> None:
     print(format_table(table))
 
 
-def _results(results: str | None, layer: str) -> str:
+def _results(results: str | None, layer: str | None = None):
+    """The Layout of the results folder `--results` names (or the only one there is), checked to
+    be one unitscope wrote and to have been made from the manifest now beside it."""
     import glob
 
-    if results is not None:
-        return results
-    found = sorted({os.path.dirname(os.path.dirname(p)) for p in
-                    glob.glob(f"results/*/*/topk/{glob.escape(layer)}.parquet")})
-    if len(found) != 1:
-        raise ValueError(f"{len(found)} results folders have layer {layer!r}"
-                         + (f" ({', '.join(found)})" if found else "") + "; give --results")
-    return found[0]
+    from .plan import Layout
+
+    if results is None:
+        pattern = f"results/*/*/topk/{glob.escape(layer)}.parquet" if layer else "results/*/*/layers.parquet"
+        found = sorted({p.rsplit("/topk/", 1)[0] if layer else os.path.dirname(p)
+                        for p in glob.glob(pattern)})
+        if len(found) != 1:
+            raise ValueError(f"{len(found)} results folders" + (f" have layer {layer!r}" if layer else "")
+                             + (f" ({', '.join(found)})" if found else "") + "; give --results")
+        results = found[0]
+    if not os.path.isfile(os.path.join(results, "layers.parquet")):
+        inner = sorted(os.path.dirname(p) for p in
+                       glob.glob(os.path.join(glob.escape(results), "*", "layers.parquet")))
+        hint = f"; did you mean {' or '.join(inner)}?" if inner else ""
+        raise ValueError(f"--results {results}: not a results folder of unitscope "
+                         f"(results/<dataset>/<model>, holding layers.parquet){hint}")
+    L = Layout.of(results)
+    _check_manifest(L)
+    return L
+
+
+def _check_manifest(L) -> None:
+    """Refuse a results folder whose activations were computed from another manifest than the one
+    beside it now (another dataset under the same id, or the dataset indexed again)."""
+    import glob
+
+    import h5py
+
+    from .provenance import attr, file_sha256
+
+    if not os.path.isfile(L.manifest):
+        raise ValueError(f"{L.manifest} does not exist: the dataset of {L.res} is gone")
+    shards = sorted(glob.glob(os.path.join(glob.escape(L.res), "activations", "*", "shard-*.h5")))
+    if not shards:
+        return
+    with h5py.File(shards[0], "r") as f:
+        made_from = attr(f, "manifest_sha256")
+    if made_from and made_from != file_sha256(L.manifest):
+        raise ValueError(f"{L.res} was computed from another manifest than {L.manifest} (another "
+                         f"dataset under the same dataset.id, or the dataset indexed again since); "
+                         f"rerun snakemake with this results folder's config")
 
 
 def _prep_of(res: str):
@@ -149,9 +184,8 @@ def show(results: str | None, layer: str, unit: int) -> str:
     import pandas as pd
 
     from .geometry import source_box
-    from .plan import Layout
 
-    L = Layout.of(_results(results, layer))
+    L = _results(results, layer)
     path = L.topk(layer)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist")
@@ -169,9 +203,10 @@ def show(results: str | None, layer: str, unit: int) -> str:
                                                   int(r.crop_right), int(r.crop_bottom))
         sy0, sx0, sy1, sx1 = source_box((r.y0, r.x0, r.y1, r.x1), (int(r.width), int(r.height)),
                                         crop, prep.resize_size, prep.input_size)
+        where = r.path if pd.isna(r.member) else f"{r.path} member {r.member}"
         lines.append(f"  #{r.rank}  image {r.image_id:<6} activation {r.activation:<10.4g} "
                      f"input y {r.y0}..{r.y1} x {r.x0}..{r.x1}  file y {sy0:.0f}..{sy1:.0f} "
-                     f"x {sx0:.0f}..{sx1:.0f}  label {r.label}  {r.path}")
+                     f"x {sx0:.0f}..{sx1:.0f}  label {r.label}  {where}")
     for fig in (L.unit_grid(layer, unit), L.gallery_unit(layer, unit)):
         lines.append(("figure: " if fig.endswith(".png") else "gallery: ") + fig
                      + ("" if os.path.exists(fig) else " (not made: the unit is not shown)"))
@@ -186,14 +221,10 @@ def image(results: str | None, image_id: int, n: int = 5) -> str:
     import pandas as pd
 
     from .image_view import image_view
-    from .plan import Layout
 
-    if results is None:
-        found = sorted(os.path.dirname(p) for p in glob.glob("results/*/*/layers.parquet"))
-        if len(found) != 1:
-            raise ValueError(f"{len(found)} results folders; give --results")
-        results = found[0]
-    L = Layout.of(results)
+    if n < 1:
+        raise ValueError(f"--top {n}: give a number of units per layer of 1 or more")
+    L = _results(results)
     layers = pd.read_parquet(L.layers_table)
     manifest = pd.read_parquet(L.manifest)
     if image_id not in set(manifest["image_id"]):

@@ -35,3 +35,12 @@ def layer_examples(topk: str | os.PathLike | pd.DataFrame,
     out = pd.concat(parts, ignore_index=True)
     cols = ENTRY_COLUMNS + ["activation"] + (["range"] if "range" in out else [])
     return out[cols].reset_index(drop=True)
+
+
+def median_erf(verified: pd.DataFrame, kind: str | None = None) -> int | None:
+    """The median effective field (erf_px) of a verify table's rows where it was measured (of one
+    kind, if given); None where no row has one."""
+    t = verified[verified["erf_px"] >= 0]
+    if kind is not None:
+        t = t[t["kind"] == kind]
+    return int(t["erf_px"].median()) if len(t) else None

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
+from .examples import median_erf
 from .geometry import source_box
 from .image_view import image_view
 from .inputs import ImageSource, Preprocessing
@@ -160,8 +161,7 @@ def build_gallery(layers_path: str | os.PathLike, manifest_path: str | os.PathLi
             f = files[layer.layer]
             erf = None
             if f.verify and os.path.exists(f.verify):
-                v = pd.read_parquet(f.verify)
-                erf = int(v["erf_px"].median()) if len(v) else None
+                erf = median_erf(pd.read_parquet(f.verify))
             used |= _layer_pages(tmp / layer.layer, layer, f, by_id, size, prep, erf, method,
                                  classes[classes["layer"] == layer.layer] if classes is not None else None,
                                  (k or {}).get(layer.layer))

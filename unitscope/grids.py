@@ -8,9 +8,11 @@ A tile is the unit's receptive-field box around its peak, padded with gray where
 outside the image (never shifted). Where the field spans half the input or more, a padded tile
 would be mostly gray: the tile then shows what the unit sees — the part of its field inside the
 image, the whole input once the field is larger than it — at full cell size, with the peak
-position marked, and the header says so. A figure shows at most 64 patches per unit and 64 units (the tables keep everything), so its
-size and memory are bounded whatever the config. Figure text is ASCII: Pillow's built-in font
-has no × or ≈."""
+position marked, and the header says so. A figure shows at most 64 patches per unit and 64 units
+(the tables keep everything), and fewer patches per unit where that many at the display size would
+make the layer figure larger than 50 Mpx (Pillow refuses to open far larger images as likely
+decompression bombs); the header then says how many of k it draws. Figure text is ASCII: Pillow's
+built-in font has no × or ≈."""
 from __future__ import annotations
 
 import logging
@@ -29,6 +31,7 @@ from .examples import MAX_SHOWN_PER_UNIT
 log = logging.getLogger("unitscope")
 
 MAX_UNITS_PER_FIGURE = 64
+MAX_FIGURE_PIXELS = 50_000_000
 PANELS = ("patches", "projections", "both")
 FIGURES = ("top", "bottom", "both")
 PATCH_GAP = 2
@@ -55,6 +58,7 @@ class FigureFacts:
     rf_affine: bool = True
     erf: int | None = None              # median effective field (px), where measured
     k: int = 9
+    display_px: int = 64
     picked: str = ""
     method: str = ""                    # projection method
     notes: list[str] = field(default_factory=list)
@@ -155,6 +159,28 @@ def _clip(draw, text: str, width: int, size: int) -> str:
     return text + "..."
 
 
+def figure_pixels(per_unit: int, display_px: int, n_blocks: int, sets: int, pairs: bool) -> int:
+    """The pixels of a layer figure of `n_blocks` unit blocks with `per_unit` tiles in each of its
+    `sets` grids (the layout of `draw_grids`, header aside)."""
+    cols = math.ceil(math.sqrt(per_unit))
+    rows = math.ceil(per_unit / cols)
+    grid_w = cols * display_px + (cols - 1) * PATCH_GAP
+    bw = max(sets * grid_w + (sets - 1) * 3 * PATCH_GAP, 120)
+    bh = rows * display_px + (rows - 1) * PATCH_GAP + 4 + 14 * 3
+    per_row = 2 * math.ceil(math.sqrt(n_blocks / 2)) if pairs else math.ceil(math.sqrt(n_blocks))
+    n_rows = math.ceil(n_blocks / max(per_row, 1))
+    return (per_row * (bw + UNIT_GAP) + UNIT_GAP) * (n_rows * (bh + UNIT_GAP) + UNIT_GAP + 120)
+
+
+def drawn_per_unit(k: int, display_px: int, n_blocks: int, sets: int, pairs: bool) -> int:
+    """How many of a unit's k examples a figure draws: k, at most 64, and no more than keeps the
+    layer figure under MAX_FIGURE_PIXELS."""
+    n = min(k, MAX_SHOWN_PER_UNIT)
+    while n > 1 and figure_pixels(n, display_px, n_blocks, sets, pairs) > MAX_FIGURE_PIXELS:
+        n -= 1
+    return n
+
+
 def header_lines(facts: FigureFacts, kinds: list[str], shown_k: int, available: int,
                  n_units: int, panels: str) -> list[str]:
     """The header's sentences: what a unit is, why k patches, how big a patch is."""
@@ -182,8 +208,11 @@ def header_lines(facts: FigureFacts, kinds: list[str], shown_k: int, available: 
     which = {"top": "strongest", "bottom": "most negative (bottom-k)"}
     shown = " and ".join(f"its {which[k]}" for k in kinds)
     count = f"{shown_k}" if shown_k >= facts.k else f"{shown_k} of k={facts.k}"
-    if available < min(facts.k, MAX_SHOWN_PER_UNIT):
+    if available < min(facts.k, shown_k):
         count = f"{available} of k={facts.k} available"
+    elif shown_k < min(facts.k, MAX_SHOWN_PER_UNIT):
+        count = (f"first {shown_k} of k={facts.k} (at {facts.display_px} px, more would make the "
+                 f"figure over {MAX_FIGURE_PIXELS // 1_000_000} Mpx; the tables have all)")
     elif facts.k > MAX_SHOWN_PER_UNIT:
         count = f"first {MAX_SHOWN_PER_UNIT} of k={facts.k}"
     lines.append(f"each block: one unit, {shown} {count} images (one patch per image); "
@@ -225,7 +254,7 @@ def draw_grids(patches_path: str | os.PathLike, units_path: str | os.PathLike,
     if panels != "patches" and projections_path is None:
         raise ValueError(f"panels: {panels} needs projections (projection is none)")
     facts = facts or FigureFacts()
-    facts.k = k
+    facts.k, facts.display_px = k, display_px
     units = pd.read_parquet(units_path).set_index("unit")
     chosen = [int(u) for u in shown["units"]]
     index = read_index(patches_path)
@@ -235,7 +264,8 @@ def draw_grids(patches_path: str | os.PathLike, units_path: str | os.PathLike,
     proj = read_index(projections_path, "projections") if projections_path else None
     proj_shrink = float(file_attrs(projections_path, "projections")["shrink"]) if projections_path else 1.0
     kinds = ["top", "bottom"] if figure == "both" else [figure]
-    limit = min(k, MAX_SHOWN_PER_UNIT)
+    limit = drawn_per_unit(k, display_px, min(len(chosen), MAX_UNITS_PER_FIGURE) * len(kinds),
+                           2 if panels == "both" else 1, len(kinds) > 1)
 
     def tiles(path, idx, s, unit, kind, fill):
         rows = idx[(idx["unit"] == unit) & (idx["kind"] == kind) & (idx["rank"] < limit)].sort_values("rank")

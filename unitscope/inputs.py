@@ -61,13 +61,23 @@ def shard_rows(manifest: pd.DataFrame, shard: int, shards: int) -> pd.DataFrame:
 
 
 def _opened(row):
-    """The image bytes a manifest row names: a file, or a member inside a tar."""
+    """The image bytes a manifest row names: a file, or a member inside a tar (the tar checked to
+    be the one the manifest was made from)."""
     offset = getattr(row, "member_offset", None)
     if offset is None or pd.isna(offset):
         return open(row.path, "rb")
+    sha = getattr(row, "tar_sha256", None)
+    if sha is not None and not pd.isna(sha):
+        from .datasets.tars import check_tar
+
+        check_tar(row.path, sha, row.tar_size, row.tar_mtime_ns, row.tar_ctime_ns)
     with open(row.path, "rb") as f:
         f.seek(int(offset))
-        return io.BytesIO(f.read(int(row.member_size)))
+        data = f.read(int(row.member_size))
+    if len(data) != int(row.member_size):
+        raise ValueError(f"tar shard {row.path} member {row.member}: {len(data)} of "
+                         f"{int(row.member_size)} bytes could be read (the tar is cut short)")
+    return io.BytesIO(data)
 
 
 def _crop_of(row) -> tuple[int, int, int, int] | None:
@@ -79,7 +89,18 @@ def _crop_of(row) -> tuple[int, int, int, int] | None:
 
 def load_image(row, prep: Preprocessing) -> np.ndarray:
     """One image (a manifest row: path, optional crop box and tar member) as the network sees it
-    (H×W×3 uint8)."""
+    (H×W×3 uint8); an image that cannot be read is one error naming the file (and the member)."""
+    try:
+        return _decode(row, prep)
+    except (OSError, SyntaxError) as e:
+        if getattr(e, "errno", None) in (28, 122):  # a full disk is said as such upstream
+            raise
+        member = getattr(row, "member", None)
+        where = row.path if member is None or pd.isna(member) else f"tar shard {row.path} member {member}"
+        raise ValueError(f"{where}: cannot read the image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def _decode(row, prep: Preprocessing) -> np.ndarray:
     from PIL import Image, ImageOps
 
     crop = _crop_of(row)

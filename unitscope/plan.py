@@ -66,6 +66,11 @@ class Layout:
         return f"{self.data}/rejected.parquet"
 
     @property
+    def dataset_record(self) -> str:
+        """What the dataset folder holds (datasets/identity.py), written by the dataset job."""
+        return f"{self.data}/dataset.json"
+
+    @property
     def layers_table(self) -> str:
         return f"{self.res}/layers.parquet"
 
@@ -202,7 +207,7 @@ class Plan:
     shards: int
     projection: str
     inputs: str
-    verify: bool
+    verify: str  # none, shown or all (verify.py)
     batch_size: int
     device: str
     precision: str
@@ -212,6 +217,7 @@ class Plan:
     dataset_files: tuple[str, ...] = ()
     dataset_listing: str = ""
     model_key: str = ""
+    dataset_identity: dict = dataclasses.field(default_factory=dict)
 
     @property
     def layer_names(self) -> list[str]:
@@ -300,6 +306,14 @@ def _check_dataset(cfg: dict) -> tuple[list[str], int | None, str | None]:
             shards = tar_shard_list(cfg["urls"])
         except ValueError as e:
             raise PlanError(f"config key 'dataset.urls': {e}") from None
+        seen: dict[str, str] = {}
+        for s in shards:
+            where = s if URL.match(s) and not s.startswith("file://") else os.path.realpath(
+                _file_url_path(s) if s.startswith("file://") else s)
+            if where in seen:
+                raise PlanError(f"config key 'dataset.urls': {s!r} and {seen[where]!r} are the "
+                                f"same tar; list each tar once")
+            seen[where] = s
         for s in shards:
             if URL.match(s):
                 _check_url(s, "dataset.urls")
@@ -372,23 +386,40 @@ def _check_model(m: ModelConfig) -> tuple[ModelSpec, list[str], list[str]]:
     architecture = list(files)  # the export file or the factory's module: what the layer table reads
     if wf:
         files.append(wf)
+        if w not in ("imagenet", "none"):  # a state_dict of the user's: does it fit?
+            from .models import check_weights_fit
+
+            try:
+                check_weights_fit(spec, wf)
+            except ValueError as e:
+                key = "model.weights" if "do not fit" in str(e) else (
+                    "model.export" if spec.kind == "export" else "model.python")
+                raise PlanError(f"config key '{key}': {e}") from None
     return spec, files, architecture
 
 
-def _file_identity(path: str) -> list:
+def _file_identity(path: str, ctime: bool = False) -> list:
     st = os.stat(path)
-    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns] + ([st.st_ctime_ns] if ctime else [])
 
 
-def build_plan(config: dict, describe_model: bool = True, check_device: bool = True) -> Plan:
+def build_plan(config: dict, describe_model: bool = True, check_device: bool = True,
+               check_results: bool = True) -> Plan:
     """The plan of a config already validated against the schema (defaults filled in).
     `describe_model` builds the model where a layer is given by module path (or the model is the
     user's own) to check layer names, outputs and unit counts before any job; `check_device`
-    checks that `device: cuda` has a GPU here (off when jobs run elsewhere, e.g. on SLURM)."""
+    checks that `device: cuda` has a GPU here (off when jobs run elsewhere, e.g. on SLURM);
+    `check_results` refuses a dataset whose results folder (under the working directory) holds
+    another dataset."""
+    from .datasets.identity import dataset_identity
+
     warnings: list[str] = []
     data = dict(config["dataset"])
     data["id"] = safe_name(default_dataset_id(data), "dataset.id")
     dataset_files, bound, _ = _check_dataset(data)
+    identity = dataset_identity(data)
+    if check_results:
+        _check_dataset_folder(Layout(data["id"], "_"), identity, "id" in config["dataset"])
     model = ModelConfig.from_dict({**config["model"], "seed": config["seed"]})
     spec, model_files, architecture_files = _check_model(model)
     layout = Layout(data["id"], safe_name(model.id or spec.name, "model.id"))
@@ -440,12 +471,18 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
         if data["name"] == "folder":
             from .datasets.index import folder_listing
 
-            listing, count = folder_listing(data["path"])
+            try:
+                listing, count = folder_listing(data["path"])
+            except OSError as e:
+                raise PlanError(f"config key 'dataset.path': {e}") from None
             bound = min(bound, count) if bound else count
         if bound is not None and shards > max(bound, 1):
             warnings.append(f"shards: {shards} is more than the {bound} images the dataset can "
                             f"have; using {max(bound, 1)} shard{'s' if bound > 1 else ''}")
             shards = max(bound, 1)
+    if not listing and dataset_files:  # tars, archives, label files: a copy keeps no ctime
+        listing = hashlib.sha256(json.dumps([_file_identity(f, ctime=True) for f in dataset_files])
+                                 .encode()).hexdigest()
 
     device = config["device"]
     if device == "cuda" and check_device:
@@ -458,11 +495,25 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
     model_key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
     return Plan(dataset=data, model=model, spec=spec, layers=tuple(plans), layout=layout,
                 shards=shards, projection=projection, inputs=config["inputs"],
-                verify=config["verify"], batch_size=config["batch_size"], device=device,
+                verify={False: "none", True: "shown"}.get(config["verify"], config["verify"]),
+                batch_size=config["batch_size"], device=device,
                 precision=config["precision"], warnings=tuple(warnings),
                 model_files=tuple(model_files), architecture_files=tuple(architecture_files),
                 dataset_files=tuple(dataset_files),
-                dataset_listing=listing, model_key=model_key)
+                dataset_listing=listing, model_key=model_key, dataset_identity=identity)
+
+
+def _check_dataset_folder(layout: Layout, identity: dict, id_given: bool) -> None:
+    """Refuse a dataset whose results folder records another one (two datasets, one id)."""
+    from .datasets.identity import describe, recorded_identity
+
+    recorded = recorded_identity(layout.dataset_record)
+    if recorded is None or recorded == identity:
+        return
+    how = "" if id_given else " (the default id: the folder's or source's name)"
+    raise PlanError(f"config key 'dataset.id': {layout.data} holds dataset {describe(recorded)}, "
+                    f"not {describe(identity)}{how}; give this dataset its own dataset.id, or "
+                    f"remove {layout.data}")
 
 
 def _describe(spec: ModelSpec, model_cfg: ModelConfig, layers: list[str], projection: str):

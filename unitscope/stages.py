@@ -24,12 +24,16 @@ def _images(manifest: str, model: dict, inputs: list[str] | None = None):
 
 
 def dataset(spec: dict, manifest: str, rejected: str, resources: str = "resources",
-            threads: int = 1) -> None:
-    """Fetch and index a dataset into manifest.parquet and rejected.parquet."""
+            threads: int = 1, record: str | None = None, identity: dict | None = None) -> None:
+    """Fetch and index a dataset into manifest.parquet and rejected.parquet, and record what the
+    dataset is (dataset.json: see datasets/identity.py)."""
+    from .datasets.identity import dataset_identity, write_record
     from .datasets.index import index_images
     from .datasets.sources import candidates
 
     index_images(candidates(spec, resources), manifest, rejected, threads)
+    if record:
+        write_record(identity or dataset_identity(spec), record)
 
 
 def inputs(manifest: str, model: dict, out: str, shard: int, shards: int, threads: int = 1) -> None:
@@ -164,15 +168,28 @@ def projections(top: str, shown: str, manifest: str, model: dict, layer: str, me
 
 def verify(top: str, shown: str, manifest: str, model: dict, layer: str, out: str,
            figure: str = "top", precision: str = "fp32", bottom: str | None = None,
-           threads: int = 1) -> None:
-    """Rerun the network on the shown examples and check their stored activations."""
-    from .verify import verify_examples
+           level: str = "shown", threads: int = 1) -> None:
+    """Rerun the network on the shown examples and check their stored activations (`level` all:
+    also every unit's rank-0 top and bottom example, one forward pass per distinct image)."""
+    import pandas as pd
+
+    from .atomic import atomic_path
+    from .examples import layer_examples
+    from .verify import check_values, verify_examples
 
     spec, net, module = _network(model, layer, threads)
     entries = _shown_examples(top, bottom, None, shown, figure)
     entries = entries[entries["kind"] != "range"]
     with _images(manifest, model, None) as images:  # from the source files, whatever the store says
-        verify_examples(entries, images, net, module, spec.mean, spec.std, precision, layer, out)
+        table = verify_examples(entries, images, net, module, spec.mean, spec.std, precision, layer)
+        if level == "all":
+            rest = layer_examples(top, bottom, None, kinds=("top", "bottom"), max_rank=1)
+            done = set(zip(entries["kind"], entries["unit"], entries["rank"]))
+            rest = rest[[key not in done for key in zip(rest["kind"], rest["unit"], rest["rank"])]]
+            table = pd.concat([table, check_values(rest, images, net, module, spec.mean, spec.std,
+                                                   precision, layer)], ignore_index=True)
+    with atomic_path(out) as tmp:
+        table.to_parquet(tmp, index=False)
 
 
 def classes(model: dict, names: list[str], out: str) -> None:
@@ -195,10 +212,9 @@ def grids(patches: str, units: str, shown: str, table: str, manifest: str, layer
 
     row = layer_row(table, layer)
     doc = read_shown(shown)
-    erf = None
-    if verify:
-        v = pd.read_parquet(verify)
-        erf = int(v.loc[v["kind"] == "top", "erf_px"].median()) if (v["kind"] == "top").any() else None
+    from .examples import median_erf
+
+    erf = median_erf(pd.read_parquet(verify), "top") if verify else None
     rf = ((int(row["rf_size"]), int(row["rf_size_x"])) if bool(row["rf_affine"])
           else (int(row["rf_max_h"]), int(row["rf_max_w"])))
     picked = {"listed": "listed in the config"}.get(doc["pick"], f"picked by {doc['pick']}")

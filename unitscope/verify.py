@@ -15,8 +15,14 @@ centred on the field's centre, that holds 90% of the input-gradient mass (|∂ac
 summed over colour channels) — the part of the theoretical field that matters. Clamps pass the
 gradient through their upper cap, as for the projections, so a saturated unit has one too.
 
+Levels (`verify:`): `shown` (= true, the default) checks every shown unit's top-k (and bottom-k)
+rows and measures their effective fields; `all` also checks the rank-0 top and bottom example of
+every other unit, value and position only, one forward pass per distinct image (`check_values`),
+so a changed maximum or minimum of a unit that no figure shows is caught too; `none` (= false)
+checks nothing.
+
 `verify/L.parquet`, one row per checked example: layer, kind, unit, rank, image_id, stored,
-recomputed, y, x, peak_y, peak_x, ok, erf_px."""
+recomputed, y, x, peak_y, peak_x, ok, erf_px (-1 where not measured)."""
 from __future__ import annotations
 
 import logging
@@ -78,6 +84,64 @@ def effective_size(mass: np.ndarray, centre: tuple[float, float], share: float =
     return 2 * lo
 
 
+COLUMNS = ["layer", "kind", "unit", "rank", "image_id", "stored", "recomputed", "y", "x", "peak_y",
+           "peak_x", "ok", "erf_px"]
+
+
+def _judge(r, recomputed: float, m: np.ndarray, scale: float, tol: float, layer: str, erf: int) -> dict:
+    """One checked row, or VerificationError where the stored value or position is not what the
+    network gives now. `m` is the unit's map, negated for a bottom row."""
+    flat = int(np.argmax(m))
+    peak = divmod(flat, m.shape[1])
+    sign = -1.0 if r.kind == "bottom" else 1.0
+    best = sign * float(m[peak])
+    t = tol * abs(recomputed) + tol * scale
+    ok = abs(r.activation - recomputed) <= t and abs(best - recomputed) <= t
+    if not ok:
+        raise VerificationError(
+            f"verify {layer}: unit {r.unit} {r.kind} rank {r.rank} image {r.image_id}: "
+            f"stored activation {r.activation:.6g} at ({r.y}, {r.x}), but the network "
+            f"gives {recomputed:.6g} there and {best:.6g} at {peak} (tolerance {t:.2g}); "
+            f"the activation files are stale or corrupt: rerun them with "
+            f"snakemake --forcerun on the layer's activations")
+    return {"layer": layer, "kind": r.kind, "unit": int(r.unit), "rank": int(r.rank),
+            "image_id": int(r.image_id), "stored": float(r.activation), "recomputed": recomputed,
+            "y": int(r.y), "x": int(r.x), "peak_y": int(peak[0]), "peak_x": int(peak[1]),
+            "ok": True, "erf_px": int(erf)}
+
+
+def check_values(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Module, module: str,
+                 mean, std, precision: str = "fp32", layer: str = "", batch_size: int = 16) -> pd.DataFrame:
+    """Check the stored value and position of every example row with one forward pass per
+    distinct image (no gradients: the effective field is not measured, erf_px = -1)."""
+    tol = TOLERANCE.get(precision, TOLERANCE["fp32"])
+    examples = examples.reset_index(drop=True)
+    scale = examples.groupby("unit")["activation"].transform(lambda v: v.abs().max()).to_numpy()
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    ids = images.in_order(examples["image_id"].unique())
+    batch_size = batch_limit(model, batch_size)
+    progress = Progress(len(ids), f"verify {layer} (every unit)", unit="images")
+    rows = []
+    for s in range(0, len(ids), batch_size):
+        part = ids[s:s + batch_size]
+        x = (torch.from_numpy(np.stack([images[i] for i in part])).permute(0, 3, 1, 2).float()
+             - mean_t) / std_t
+        captured = {}
+        with torch.no_grad(), FirstCalls(model, {"layer": module}, captured.__setitem__) as calls:
+            calls.run(model, x)
+        fmap = captured["layer"].float().numpy()
+        where = {int(i): j for j, i in enumerate(part)}
+        mine = examples[examples["image_id"].isin(where)]
+        for idx, r in zip(mine.index, mine.itertuples()):
+            m = fmap[where[int(r.image_id)], int(r.unit)]
+            m = -m if r.kind == "bottom" else m
+            rows.append(_judge(r, float(fmap[where[int(r.image_id)], int(r.unit), r.y, r.x]), m,
+                               float(scale[idx]), tol, layer, -1))
+        progress.update(len(part))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
 def verify_examples(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Module,
                     module: str, mean, std, precision: str = "fp32", layer: str = "",
                     out_path: str | os.PathLike | None = None, batch_size: int = 16) -> pd.DataFrame:
@@ -112,28 +176,10 @@ def verify_examples(examples: pd.DataFrame, images: ImageSource, model: torch.nn
         mass = x.grad.detach().abs().sum(1).numpy()
         for i, r in enumerate(part.itertuples()):
             m = -maps[i] if low[i] else maps[i]
-            flat = int(np.argmax(m))
-            peak = divmod(flat, m.shape[1])
-            recomputed = float(maps[i][r.y, r.x])
-            best = float(maps[i][peak])
-            t = tol * abs(recomputed) + tol * float(scale[s + i])
-            ok = abs(r.activation - recomputed) <= t and abs(best - recomputed) <= t
             erf = effective_size(mass[i], ((r.y0 + r.y1) / 2, (r.x0 + r.x1) / 2))
-            rows.append({"layer": layer, "kind": r.kind, "unit": int(r.unit), "rank": int(r.rank),
-                         "image_id": int(r.image_id), "stored": float(r.activation),
-                         "recomputed": recomputed, "y": int(r.y), "x": int(r.x),
-                         "peak_y": int(peak[0]), "peak_x": int(peak[1]), "ok": bool(ok),
-                         "erf_px": int(erf)})
-            if not ok:
-                raise VerificationError(
-                    f"verify {layer}: unit {r.unit} {r.kind} rank {r.rank} image {r.image_id}: "
-                    f"stored activation {r.activation:.6g} at ({r.y}, {r.x}), but the network "
-                    f"gives {recomputed:.6g} there and {best:.6g} at {peak} (tolerance {t:.2g}); "
-                    f"the activation files are stale or corrupt: rerun them with "
-                    f"snakemake --forcerun on the layer's activations")
+            rows.append(_judge(r, float(maps[i][r.y, r.x]), m, float(scale[s + i]), tol, layer, erf))
         progress.update(len(part))
-    table = pd.DataFrame(rows, columns=["layer", "kind", "unit", "rank", "image_id", "stored",
-                                        "recomputed", "y", "x", "peak_y", "peak_x", "ok", "erf_px"])
+    table = pd.DataFrame(rows, columns=COLUMNS)
     if out_path is not None:
         with atomic_path(out_path) as tmp:
             table.to_parquet(tmp, index=False)

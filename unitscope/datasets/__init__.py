@@ -5,7 +5,10 @@ Manifest columns (`manifest.parquet`): image_id (dense from 0), path, group, lab
 width, height (of the image after EXIF orientation and crop), crop_left/top/right/bottom
 (nullable: the region of `path` this image is, for datasets cut from larger photos), member,
 member_offset, member_size, shard (nullable: for an image inside a tar shard, its name there,
-where its bytes are, and the shard's index, which is also its inference shard). Rejected columns (`rejected.parquet`): path, reason."""
+where its bytes are, and the shard's index, which is also its inference shard), tar_sha256,
+tar_size, tar_mtime_ns, tar_ctime_ns (nullable: what that tar was when indexed, checked by every
+job that reads its members; datasets/tars.py). Rejected columns (`rejected.parquet`): path,
+reason."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,6 +27,8 @@ class Candidate:
     offset: int | None = None   # where its bytes start in that tar
     size: int | None = None     # how many bytes
     shard: int | None = None    # the tar shard it comes from (its inference shard)
+    stamp: tuple[str, int, int, int] | None = None  # that tar's sha256, size, mtime_ns, ctime_ns
+    reject: str | None = None   # why it cannot be used, known before decoding (a link member)
 
     def open(self):
         """A binary file object of the image's bytes (the file, or its bytes inside a tar)."""

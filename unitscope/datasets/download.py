@@ -123,9 +123,12 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None, sha256: 
                 raise
             reason = str(getattr(e, "reason", e)) or type(e).__name__
         if attempt == retries:
-            raise DownloadError(f"{url}: gave up after {retries + 1} attempts: {reason} "
-                                f"({part.stat().st_size if part.exists() else 0} bytes kept in "
-                                f"{part} to resume)")
+            kept = part.stat().st_size if part.exists() else 0
+            if not kept:
+                part.unlink(missing_ok=True)
+            raise DownloadError(f"{url}: gave up after {retries + 1} attempts: {reason}"
+                                + (f" ({kept} bytes kept in {part} to resume)" if kept else
+                                   " (nothing was kept)"))
         wait = backoff_s * 2 ** attempt
         log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", url, reason, wait,
                     attempt + 2, retries + 1)

@@ -20,38 +20,59 @@ log = logging.getLogger("unitscope")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
 
+def image_files(root: str | os.PathLike) -> list[tuple[str, os.stat_result]]:
+    """(path relative to `root`, stat) of every file with an image suffix under `root`, sorted;
+    folder symlinks are followed once per real folder, so a link loop (or two links to one
+    folder) lists each file once; the folder listing and the index both read this."""
+    root = str(root)
+    seen = {os.path.realpath(root)}
+    out = []
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(os.path.join(root, rel)) as it:
+                entries = list(it)
+        except OSError as e:
+            raise OSError(f"dataset folder {os.path.join(root, rel)!r} cannot be listed "
+                          f"({e.strerror or e})") from None
+        for e in entries:
+            path = os.path.join(rel, e.name) if rel else e.name
+            try:
+                if e.is_dir(follow_symlinks=True):
+                    real = os.path.realpath(e.path)
+                    if real not in seen:
+                        seen.add(real)
+                        stack.append(path)
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file():
+                    out.append((path, e.stat()))
+            except OSError:  # a dangling or looping link: no file to read
+                continue
+    return sorted(out, key=lambda item: Path(item[0]).parts)
+
+
 def folder_listing(root: str | os.PathLike) -> tuple[str, int]:
     """(sha256 of the sorted listing, number of image files) of every file with an image suffix
     under `root`: relative path, size and modification time in nanoseconds."""
     h = hashlib.sha256()
-    entries = []
-    stack = [str(root)]
-    while stack:
-        folder = stack.pop()
-        with os.scandir(folder) as it:
-            for e in it:
-                if e.is_dir(follow_symlinks=True):
-                    stack.append(e.path)
-                elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file():
-                    st = e.stat()
-                    entries.append((os.path.relpath(e.path, root), st.st_size, st.st_mtime_ns))
-    for rel, size, mtime in sorted(entries):
-        h.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
-    return h.hexdigest(), len(entries)
+    files = image_files(root)
+    for rel, st in files:
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest(), len(files)
 
 
 def folder_candidates(root: str | os.PathLike) -> list[Candidate]:
-    """Every file under `root` with an image suffix, sorted; label and group = the sub-folder
-    directly under `root` (none for files at the top), so class folders become labels."""
+    """Every file under `root` with an image suffix (see `image_files`), sorted; label and group
+    = the sub-folder directly under `root` (none for files at the top), so class folders become
+    labels."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {str(root)!r} does not exist")
     out = []
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            rel = p.relative_to(root)
-            label = rel.parts[0] if len(rel.parts) > 1 else None
-            out.append(Candidate(str(p), group=str(rel), label=label))
+    for rel, _ in image_files(root):
+        parts = Path(rel).parts
+        label = parts[0] if len(parts) > 1 else None
+        out.append(Candidate(str(root / rel), group=rel, label=label))
     return out
 
 
@@ -59,6 +80,8 @@ def inspect(c: Candidate) -> tuple[int, int] | str:
     """(width, height) of the usable image a candidate names, or the reason it is not usable."""
     from PIL import Image, UnidentifiedImageError
 
+    if c.reject:
+        return c.reject
     try:
         if (c.size if c.offset is not None else os.path.getsize(c.path)) == 0:
             return "empty file"
@@ -121,6 +144,9 @@ def index_images(candidates: list[Candidate], manifest_out: str | os.PathLike,
         "member_offset": pd.array([c.offset for c, _ in ok], dtype="Int64"),
         "member_size": pd.array([c.size for c, _ in ok], dtype="Int64"),
         "shard": pd.array([c.shard for c, _ in ok], dtype="Int64"),
+        "tar_sha256": pd.array([c.stamp[0] if c.stamp else None for c, _ in ok], dtype="string"),
+        **{name: pd.array([c.stamp[i] if c.stamp else None for c, _ in ok], dtype="Int64")
+           for i, name in ((1, "tar_size"), (2, "tar_mtime_ns"), (3, "tar_ctime_ns"))},
     })
     for table, path in ((manifest, manifest_out), (rejected, rejected_out)):
         with atomic_path(path) as tmp:

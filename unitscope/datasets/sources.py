@@ -134,20 +134,30 @@ def tar_shard_file(source: str, resources: Path, checksums: dict | None = None) 
     return Path(source)
 
 
-def tar_candidates(tar: Path, shard: int) -> list[Candidate]:
+def tar_candidates(tar: Path, shard: int, prefix: str = "") -> list[Candidate]:
     """The images of one WebDataset-style tar: members grouped by sample key (the path up to the
-    first '.' of the file name); the image is the member with an image suffix; the label comes
-    from `<key>.cls` (text) or `<key>.json` (its "label" or "class"). Read in place: each
-    candidate records where its bytes are."""
+    first '.' of the file name, after `prefix`, which keeps keys of different tars apart); the
+    image is the member with an image suffix; the label comes from `<key>.cls` (text) or
+    `<key>.json` (its "label" or "class"). Read in place: each candidate records where its bytes
+    are and what the tar was (its sha256, size and times). Link members become rejects: a tar read
+    in place has no bytes for them."""
+    from .tars import tar_stamp
+
+    stamp = tar_stamp(tar)
     samples: dict[str, dict] = {}
+    links = []
     try:
         with tarfile.open(tar, "r:") as t:
             for m in t:
+                if m.issym() or m.islnk():
+                    if os.path.splitext(m.name)[1].lower() in IMAGE_SUFFIXES:
+                        links.append(m)
+                    continue
                 if not m.isfile():
                     continue
                 folder, _, base = m.name.rpartition("/")
                 key, _, ext = base.partition(".")
-                key = f"{folder}/{key}" if folder else key
+                key = prefix + (f"{folder}/{key}" if folder else key)
                 entry = samples.setdefault(key, {})
                 ext = "." + ext.lower()
                 if ext in IMAGE_SUFFIXES and "image" not in entry:
@@ -162,7 +172,12 @@ def tar_candidates(tar: Path, shard: int) -> list[Candidate]:
         m = entry.get("image")
         if m is not None:
             out.append(Candidate(str(tar), key, entry.get("label"), None, m.name, m.offset_data,
-                                 m.size, shard))
+                                 m.size, shard, stamp))
+    kind = {True: "symbolic", False: "hard"}
+    out += [Candidate(str(tar), prefix + m.name, None, None, m.name, None, None, shard, stamp,
+                      reject=f"{kind[m.issym()]} link member (to {m.linkname}): a tar read in "
+                             f"place has no bytes of its own for it")
+            for m in links]
     return out
 
 
@@ -214,11 +229,26 @@ def candidates(cfg: dict, resources: str | os.PathLike = "resources") -> list[Ca
 
 
 def tar_shard_candidates(cfg: dict, resources: Path) -> list[Candidate]:
-    """Every image of every tar shard, in shard order (a subset keeps whole shards' order)."""
-    out = []
-    for i, source in enumerate(tar_shard_list(cfg["urls"])):
-        out += tar_candidates(tar_shard_file(source, resources, cfg.get("checksums")), i)
-    return subset(out, cfg.get("max_images"), cfg.get("per_class"), cfg.get("seed", 0))
+    """Every image of every tar shard, in shard order (a subset keeps whole shards' order). Sample
+    keys are made unique by tar (its file name, or its position where two tars share a name); the
+    same tar twice (the same content) is refused."""
+    sources = tar_shard_list(cfg["urls"])
+    names = [os.path.basename(urllib.parse.urlparse(s).path if "://" in s else s) for s in sources]
+    out: list[Candidate] = []
+    seen: dict[str, str] = {}
+    for i, (source, name) in enumerate(zip(sources, names)):
+        prefix = (name if names.count(name) == 1 else f"{i:03d}-{name}") + "/"
+        cands = tar_candidates(tar_shard_file(source, resources, cfg.get("checksums")), i, prefix)
+        digest = cands[0].stamp[0] if cands else None
+        if digest in seen:
+            raise ValueError(f"dataset.urls: {source} and {seen[digest]} are the same tar (sha256 "
+                             f"{digest[:16]}…); list each tar once")
+        if digest:
+            seen[digest] = source
+        out += cands
+    rejects = [c for c in out if c.reject]
+    return subset([c for c in out if not c.reject], cfg.get("max_images"), cfg.get("per_class"),
+                  cfg.get("seed", 0)) + rejects
 
 
 def subset(cands: list[Candidate], max_images: int | None, per_class: int | None,

@@ -190,9 +190,71 @@ def _load(ref: str):
         mod = importlib.import_module(module)
     except ImportError as e:
         raise ValueError(f"model.python: cannot import module {module!r} ({e})") from None
+    except Exception as e:  # the module's own code failed: one line, not its traceback
+        raise ValueError(f"model.python: importing module {module!r} raised "
+                         f"{type(e).__name__}: {_first_line(e)}") from None
     if not hasattr(mod, func):
         raise ValueError(f"model.python: module {module!r} has no {func!r}")
     return getattr(mod, func)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _architecture(spec: ModelSpec):
+    """The factory's nn.Module (weights as the factory leaves them); a factory that raises or
+    returns something else is one ValueError naming it."""
+    from torch import nn
+
+    factory = _load(spec.factory)
+    try:
+        model = factory()
+    except Exception as e:
+        raise ValueError(f"model.python: {spec.factory} raised {type(e).__name__}: "
+                         f"{_first_line(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model.python: {spec.factory} returned a {type(model).__name__}, "
+                         f"not a torch.nn.Module")
+    return model
+
+
+def check_weights_fit(spec: ModelSpec, path: str) -> None:
+    """Check a state_dict file against the architecture without building either: the model on
+    the meta device, the file's tensors as shapes only (mmap). ValueError names every missing
+    and unexpected key (the first few) and every shape that differs."""
+    import torch
+
+    if spec.kind == "export":
+        from .export import load_exported
+
+        model = load_exported(spec.export, spec.trust_code)
+    else:
+        with torch.device("meta"):
+            model = _architecture(spec)
+    try:
+        state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+    except Exception:
+        return  # not a readable state_dict: load_state_dict says why, in the job and at parse
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        return
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shapes = [f"{k}: file {list(state[k].shape)}, model {list(want[k].shape)}" for k in want
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(want[k].shape)]
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    problems = ([f"missing keys {few(missing)}"] if missing else []) + \
+               ([f"unexpected keys {few(unexpected)}"] if unexpected else []) + \
+               ([f"other shapes ({few(shapes)})"] if shapes else [])
+    if problems:
+        raise ValueError(f"weights {path!r} do not fit model {spec.name!r}: {'; '.join(problems)}")
 
 
 def factory_file(spec: ModelSpec) -> str | None:
@@ -273,7 +335,6 @@ def build_model(spec: ModelSpec, weights: str | None = "imagenet", seed: int = 0
     loaded strictly. An export file brings its own weights ("imagenet" and "none" keep them); a
     state_dict replaces them."""
     import torch
-    from torch import nn
 
     weights = None if weights in (None, "none") else weights
     if spec.kind == "export":
@@ -284,10 +345,7 @@ def build_model(spec: ModelSpec, weights: str | None = "imagenet", seed: int = 0
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = _load(spec.factory)()
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model.python: {spec.factory} returned a {type(model).__name__}, "
-                             f"not a torch.nn.Module")
+            model = _architecture(spec)
     if weights is not None:
         state = load_state_dict(spec, weights)
         try:  # assign: an export file's module shares its tensors with the program read once

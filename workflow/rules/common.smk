@@ -113,7 +113,7 @@ def figure_inputs(wildcards):
              "table": L.layers_table, "manifest": L.manifest}
     if PLAN.panels(layer) != "patches":
         files["projections"] = L.projections(layer)
-    if PLAN.verify:
+    if PLAN.verify != "none":
         files["verify"] = L.verify(layer)
     return files
 
@@ -144,7 +144,7 @@ def gallery_files():
              "activations": [L.activations(layer, s) for s in SHARDS]}
         if PLAN.panels(layer) != "patches":
             f["projections"] = L.projections(layer)
-        if PLAN.verify:
+        if PLAN.verify != "none":
             f["verify"] = L.verify(layer)
         files[layer] = f
     return files

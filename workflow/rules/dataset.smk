@@ -6,12 +6,14 @@ rule dataset:
     output:
         manifest=L.manifest,
         rejected=L.rejected,
+        record=L.dataset_record,
     log:
         L.log("dataset"),
     benchmark:
         L.benchmark("dataset")
     params:
         spec=PLAN.dataset,
+        identity=PLAN.dataset_identity,
         resources="resources",
         listing=PLAN.dataset_listing,
         code=stage_fingerprint("dataset"),

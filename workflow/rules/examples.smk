@@ -71,6 +71,7 @@ rule verify:
         layer=layer_name,
         figure=setting("figure"),
         precision=PLAN.precision,
+        level=PLAN.verify,
         code=stage_fingerprint("verify"),
     threads: 2
     conda:
