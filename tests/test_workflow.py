@@ -48,7 +48,7 @@ def config_of(folder: Path, weights: Path) -> dict:
     return {"dataset": {"name": "folder", "path": str(folder)},
             "model": {"name": "efficientnet_lite0", "weights": str(weights)},
             "layers": LAYERS, "shards": 2, "batch_size": 8, "device": "cpu", "k": 4, "units": 4,
-            "n_ranges": 2, "per_range": 2}
+            "n_ranges": 2, "per_range": 2, "verify": "all"}
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,10 @@ def test_every_contract_file_is_written_with_its_columns(run):
         hist = pd.read_parquet(res / f"hist/{L}.parquet")
         assert (hist.groupby("unit")["count"].sum() == 16).all()
         verify = pd.read_parquet(res / f"verify/{L}.parquet")
-        assert verify["ok"].all() and len(verify) == 16 and (verify["erf_px"] > 0).all()
+        shown_rows = verify[verify["erf_px"] >= 0]  # the shown units' 4 examples, fields measured
+        assert verify["ok"].all() and len(shown_rows) == 16 and (shown_rows["erf_px"] > 0).all()
+        tops = verify[(verify["kind"] == "top") & (verify["rank"] == 0)]  # verify: all
+        assert sorted(tops["unit"]) == list(range(row.channels))
         fig = Image.open(res / f"grids/{L}.png")
         assert fig.width > 2 * 2 * 64
         assert len(list((res / f"grids/{L}").glob("unit-*.png"))) == 4
