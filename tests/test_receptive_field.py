@@ -325,7 +325,7 @@ def test_every_position_agrees_with_the_oracle_on_the_zoo(name):
 
 
 def test_a_wrong_rule_is_one_line_naming_layer_position_and_both_boxes(monkeypatch):
-    import unitscope.receptive_field as rf
+    import unitscope.receptive_field.walk as rf
 
     model = seq(nn.Conv2d(3, 4, 3, stride=2), nn.Conv2d(4, 4, 3)).eval()
     real = rf._window_sources
