@@ -105,7 +105,7 @@ def layers_command(args: argparse.Namespace) -> None:
         from .atomic import atomic_path
 
         if args.table:
-            write_layer_table(table, boxes, args.table, rf)
+            write_layer_table(table, boxes, args.table, rf, announce=False)
         else:
             for n, path in rf.items():
                 with atomic_path(path) as tmp:

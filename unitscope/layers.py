@@ -99,9 +99,12 @@ def format_table(table: pd.DataFrame) -> str:
 
 def write_layer_table(table: pd.DataFrame, boxes: dict[str, pd.DataFrame],
                       out_path: str | os.PathLike,
-                      rf_paths: dict[str, str | os.PathLike] | None = None) -> None:
-    """Log and write the layer table, and each layer's boxes where `rf_paths` names a file."""
-    log.info("layer table (receptive fields in input pixels):\n%s", format_table(table))
+                      rf_paths: dict[str, str | os.PathLike] | None = None,
+                      announce: bool = True) -> None:
+    """Write the layer table (and log it, with `announce`: the command line prints it instead),
+    and each layer's boxes where `rf_paths` names a file."""
+    if announce:
+        log.info("layer table (receptive fields in input pixels):\n%s", format_table(table))
     for layer, path in (rf_paths or {}).items():
         with atomic_path(path) as tmp:
             boxes[layer].to_parquet(tmp, index=False)
