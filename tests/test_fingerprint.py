@@ -72,3 +72,14 @@ def test_editing_a_module_changes_the_fingerprint_of_exactly_the_stages_that_rea
         f.write("\n# an edit\n")
     again = fingerprints()
     assert {s for s in stages if again[s] != after[s]} == {"shown", "projections", "grids"}
+    # a page template: the gallery's two stages, nothing else
+    stages2 = ["gallery_layer", "gallery_index", "grids", "topk"]
+    out = subprocess.run([sys.executable, "-c", PROBE, str(copy), *stages2], capture_output=True,
+                         text=True, check=True)
+    first = json.loads(out.stdout)
+    with open(copy / "unitscope/templates/unit.html", "a") as f:
+        f.write("\n{# an edit #}\n")
+    out = subprocess.run([sys.executable, "-c", PROBE, str(copy), *stages2], capture_output=True,
+                         text=True, check=True)
+    second = json.loads(out.stdout)
+    assert {s for s in stages2 if second[s] != first[s]} == {"gallery_layer", "gallery_index"}

@@ -143,3 +143,24 @@ def test_gallery_links_images_sorting_and_escaping_in_chromium(tmp_path):
         assert page.locator(".frame .box").count() == 5 and "of its max" in page.inner_text("body")
         browser.close()
     assert dialogs == []
+
+
+def test_pages_escape_dataset_text_by_default_and_layers_build_alone(tmp_path):
+    """Without a browser: the templates escape a hostile label and file name; one layer's folder
+    is written by itself, the index (inputs, image pages) by itself."""
+    from unitscope.gallery import build_index, build_layer_pages
+
+    res, manifest, files, images = fake_results(tmp_path, units=4)
+    gallery = res / "gallery"
+    build_layer_pages(res / "layers.parquet", "conv", files, manifest, Preprocessing(37, 32),
+                      gallery / "conv", "guided_backprop", None, 9)
+    assert sorted(p.name for p in gallery.iterdir()) == ["conv"]
+    unit = (gallery / "conv" / "unit-0000.html").read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in unit and EVIL not in unit
+    assert "img0 &lt;b&gt;.jpg" in unit
+    build_index(res / "layers.parquet", manifest, {"conv": files}, ArrayImages(images),
+                Preprocessing(37, 32), gallery, "a <i>title</i>")
+    assert sorted(p.name for p in gallery.iterdir()) == ["conv", "images", "index.html", "inputs", "style.css"]
+    assert "a &lt;i&gt;title&lt;/i&gt;" in (gallery / "index.html").read_text()
+    image_page = (gallery / "images" / "0000000.html").read_text()
+    assert "&lt;script&gt;" in image_page and EVIL not in image_page

@@ -182,3 +182,12 @@ def test_figures_stay_bounded_and_mark_dead_and_saturated_units(tmp_path):
     block = np.asarray(Image.open(tmp_path / "L" / "unit-0001.png").convert("RGB"))
     red_text = ((block[..., 0] > 200) & (block[..., 1] < 60) & (block[..., 2] < 60)).sum()
     assert red_text > 20  # "never fires on this dataset" is drawn in red
+
+
+def test_layers_prints_its_table_once(tmp_path, capsys):
+    from unitscope.cli import main
+
+    assert main(["layers", "--model", "zfnet", "--layers", "conv1", "--table",
+                 str(tmp_path / "layers.parquet")]) == 0
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("features.1") == 1

@@ -156,11 +156,17 @@ def test_changing_one_layers_setting_replans_only_that_layer(run):
     assert "Nothing to be done" in r.stdout + r.stderr, r.stdout[-2000:]
     r = snakemake(work, {**config, "overrides": {"block3": {"k": 3}}}, "--dry-run")
     assert r.returncode == 0, r.stderr[-3000:]
+    # that layer's chain and its gallery pages, and the gallery's one small index job
     assert planned(r.stdout) == {(s, "block3") for s in ("topk", "shown", "ranges", "patches",
-                                                          "projections", "verify", "grids")} | {("gallery", ""), ("all", "")}
+                                                          "projections", "verify", "grids", "gallery_layer")} | {
+        ("gallery_index", ""), ("all", "")}
     r = snakemake(work, {**config, "overrides": {"stem": {"n_ranges": 3}}}, "--dry-run")
-    assert planned(r.stdout) == {(s, "stem") for s in ("ranges", "patches", "projections", "grids")} | {
-        ("gallery", ""), ("all", "")}
+    # range examples are not projected by default (range_projections: false)
+    assert planned(r.stdout) == {(s, "stem") for s in ("ranges", "patches", "grids", "gallery_layer")} | {
+        ("gallery_index", ""), ("all", "")}
+    r = snakemake(work, {**config, "range_projections": True, "overrides": {"stem": {"n_ranges": 3}}},
+                  "--dry-run")
+    assert ("projections", "stem") in planned(r.stdout)  # asked for: they are projected too
     r = snakemake(work, {**config, "overrides": {"stem": {"display_px": 48}}}, "--dry-run")
     assert planned(r.stdout) == {("grids", "stem"), ("all", "")}
 

@@ -3,7 +3,9 @@ found by reading the import statements of the stage's function in `stages.py` (a
 it calls) and, recursively, of each module they reach (imports inside functions included, and
 the `module:function` factories the models table imports by name) —
 given to Snakemake as a param, so that changing any code a stage runs reruns exactly the jobs of
-that stage and of the stages after it. Nothing is kept by hand."""
+that stage and of the stages after it. A module that imports jinja2 renders the page templates
+(`unitscope/templates/`), so their files count for the stages that reach it. Nothing is kept by
+hand."""
 from __future__ import annotations
 
 import ast
@@ -17,6 +19,22 @@ PACKAGE = "unitscope"
 
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+TEMPLATES = os.path.join(ROOT, "templates")
+
+
+def _renders_templates(text: str) -> bool:
+    """Whether a module's source imports jinja2 (anywhere in it)."""
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "jinja2" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "jinja2":
+            return True
+    return False
+
+
+def template_files() -> list[str]:
+    """Every file of the templates folder, sorted."""
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(TEMPLATES) for f in files)
 
 
 @lru_cache(maxsize=None)
@@ -120,6 +138,11 @@ def stage_fingerprint(stage: str) -> str:
     h = hashlib.sha256(__version__.encode())
     for fn in _stage_functions(stage):
         h.update(ast.unparse(fn).encode())
-    for module in stage_modules(stage):
+    modules = stage_modules(stage)
+    for module in modules:
         h.update(module.encode() + b"\0" + _source(module)[1].encode())
+    if any(_renders_templates(_source(m)[1]) for m in modules):
+        for path in template_files():
+            with open(path, "rb") as f:
+                h.update(os.path.relpath(path, ROOT).encode() + b"\0" + f.read())
     return h.hexdigest()[:12]

@@ -115,9 +115,13 @@ def cut_patches(entries: pd.DataFrame, images: ImageSource, out_path: str | os.P
     by_image = entries.groupby("image_id").indices
     for image_id in images.in_order(by_image):  # one read per image
         image = images[image_id]
+        encoded: dict[tuple, np.ndarray] = {}  # one encoding per distinct part of the image
         for i in by_image[image_id]:
-            vy0, vx0, vy1, vx1 = visible[i]
-            jpegs[i] = encode_jpeg(_shrunk(image[vy0:vy1, vx0:vx1], shrink))
+            part = tuple(int(v) for v in visible[i])
+            if part not in encoded:
+                vy0, vx0, vy1, vx1 = part
+                encoded[part] = encode_jpeg(_shrunk(image[vy0:vy1, vx0:vx1], shrink))
+            jpegs[i] = encoded[part]
             progress.update(1)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         write_entries(f, entries, boxes, visible, jpegs)

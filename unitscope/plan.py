@@ -22,6 +22,7 @@ FAN_IN = 64  # shards one top-k/ranges job reads; more shards are merged in a tr
 PER_LAYER_KEYS = ("k", "distinct", "units", "pick", "seed", "patch_max_px", "display_px",
                   "panels", "figure", "n_ranges", "per_range")
 SAMPLE_IMAGES = 408  # crops the sample dataset makes (datasets/sample.py)
+GALLERY_NAMES = ("images", "inputs", "index.html", "style.css")  # beside the layers' folders
 
 
 class PlanError(ValueError):
@@ -77,6 +78,14 @@ class Layout:
     @property
     def gallery(self) -> str:
         return f"{self.res}/gallery"
+
+    def gallery_layer(self, layer: str) -> str:
+        """A layer's folder of the gallery (its page, unit pages and patch images)."""
+        return f"{self.gallery}/{layer}"
+
+    def gallery_file(self, name: str) -> str:
+        """What the gallery's index job writes: index.html, style.css, inputs/, images/."""
+        return f"{self.gallery}/{name}"
 
     @property
     def classes(self) -> str:
@@ -206,6 +215,7 @@ class Plan:
     layout: Layout
     shards: int
     projection: str
+    range_projections: bool
     inputs: str
     verify: str  # none, shown or all (verify.py)
     batch_size: int
@@ -244,7 +254,8 @@ class Plan:
 
     def targets(self) -> list[str]:
         L = self.layout
-        return [L.grid(name) for name in self.layer_names] + [L.layers_table, L.gallery]
+        return ([L.grid(name) for name in self.layer_names] + [L.layers_table, L.gallery_file("index.html")]
+                + [L.gallery_layer(name) for name in self.layer_names])
 
 
 def default_dataset_id(cfg: dict) -> str:
@@ -426,6 +437,9 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
     layers = list(config["layers"])
     for layer in layers:
         safe_name(layer, "layers")
+        if layer in GALLERY_NAMES:
+            raise PlanError(f"config key 'layers': {layer!r} is a name the gallery keeps for itself "
+                            f"({', '.join(GALLERY_NAMES)}); name the layer by its module path")
     unknown = sorted(set(config.get("overrides", {})) - set(layers))
     if unknown:
         raise PlanError(f"config key 'overrides' names layers that are not in 'layers': "
@@ -495,6 +509,7 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
     model_key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
     return Plan(dataset=data, model=model, spec=spec, layers=tuple(plans), layout=layout,
                 shards=shards, projection=projection, inputs=config["inputs"],
+                range_projections=config["range_projections"],
                 verify={False: "none", True: "shown"}.get(config["verify"], config["verify"]),
                 batch_size=config["batch_size"], device=device,
                 precision=config["precision"], warnings=tuple(warnings),

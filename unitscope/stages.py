@@ -227,15 +227,28 @@ def grids(patches: str, units: str, shown: str, table: str, manifest: str, layer
     draw_grids(patches, units, doc, out, unit_dir, display_px, k, info, projections, panels, figure)
 
 
-def gallery(table: str, manifest: str, rejected: str, model: dict, layers: dict, out: str,
-            title: str = "", method: str = "", classes: str | None = None,
-            inputs: list[str] | None = None, k: dict | None = None) -> None:
-    """The browsable static site. `layers` maps each layer to its files (gallery.LayerFiles)."""
+def gallery_layer(table: str, manifest: str, model: dict, layer: str, files: dict, out: str,
+                  method: str = "", classes: str | None = None, k: int | None = None) -> None:
+    """One layer's folder of the gallery: its page and every unit's page. `files` names the
+    layer's tables and patch files (gallery.LayerFiles)."""
+    from .gallery import LayerFiles, build_layer_pages
+
+    build_layer_pages(table, layer, LayerFiles(**files), manifest, _prep(model), out, method,
+                      classes, k)
+
+
+def gallery_index(table: str, manifest: str, rejected: str, model: dict, layers: dict,
+                  index: str, style: str, inputs_dir: str, images_dir: str, title: str = "",
+                  inputs: list[str] | None = None) -> None:
+    """The gallery's index page, style, input images and image pages (`layers` maps each layer to
+    its files, gallery.LayerFiles); the outputs lie beside the layers' folders."""
+    import os
+
     import pandas as pd
 
-    from .gallery import LayerFiles, build_gallery
+    from .gallery import LayerFiles, build_index
 
     files = {name: LayerFiles(**f) for name, f in layers.items()}
     with _images(manifest, model, inputs) as images:
-        build_gallery(table, manifest, files, images, _prep(model), out, title,
-                      len(pd.read_parquet(rejected)), method, classes, k)
+        build_index(table, manifest, files, images, _prep(model), os.path.dirname(index), title,
+                    len(pd.read_parquet(rejected)))

@@ -134,32 +134,51 @@ def report_labels(wildcards):
     return {"layer": wildcards.layer, "RF": rf, "units": f"{units} ({lp.pick})", "k": str(lp.k)}
 
 
-def gallery_files():
-    """Every file the gallery reads, by layer (also its inputs, so that none is missed)."""
+def projected_ranges(wildcards):
+    """The range examples a layer's projections also project (range_projections: true)."""
+    return {"ranges": L.ranges(wildcards.layer)} if PLAN.range_projections else {}
+
+
+def layer_gallery_files(wildcards):
+    """The files one layer's gallery pages read (gallery.LayerFiles), also the job's inputs."""
+    layer = wildcards.layer
+    f = {"topk": L.topk(layer), "units": L.units(layer), "shown": L.shown(layer),
+         "patches": L.patches(layer), "rf": L.rf(layer), "bottomk": L.bottomk(layer),
+         "hist": L.hist(layer), "ranges": L.ranges(layer)}
+    if PLAN.panels(layer) != "patches":
+        f["projections"] = L.projections(layer)
+    if PLAN.verify != "none":
+        f["verify"] = L.verify(layer)
+    return f
+
+
+def layer_gallery_inputs(wildcards):
+    return list(layer_gallery_files(wildcards).values())
+
+
+def index_files():
+    """What the gallery's index job reads of each layer: the examples' tables (which images the
+    pages show), verification (effective fields), and units, boxes and activations (the image
+    pages)."""
     files = {}
     for layer in LAYERS:
         f = {"topk": L.topk(layer), "units": L.units(layer), "shown": L.shown(layer),
              "patches": L.patches(layer), "rf": L.rf(layer), "bottomk": L.bottomk(layer),
-             "hist": L.hist(layer), "ranges": L.ranges(layer),
-             "activations": [L.activations(layer, s) for s in SHARDS]}
-        if PLAN.panels(layer) != "patches":
-            f["projections"] = L.projections(layer)
+             "ranges": L.ranges(layer), "activations": [L.activations(layer, s) for s in SHARDS]}
         if PLAN.verify != "none":
             f["verify"] = L.verify(layer)
         files[layer] = f
     return files
 
 
-def layer_ks():
-    """Each layer's k (the gallery says "6 of k=9 available" where a unit has fewer)."""
-    return {layer: PLAN.layer(layer).k for layer in LAYERS}
-
-
-def gallery_inputs(wildcards):
+def index_inputs(wildcards):
+    """Every file of `index_files`, as the index job's inputs (none missed, none extra)."""
+    keep = ("topk", "units", "rf", "bottomk", "ranges", "activations", "verify")
     paths = []
-    for f in gallery_files().values():
-        for value in f.values():
-            paths += value if isinstance(value, list) else [value]
+    for f in index_files().values():
+        for key, value in f.items():
+            if key in keep:
+                paths += value if isinstance(value, list) else [value]
     return paths
 
 

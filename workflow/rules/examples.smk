@@ -26,9 +26,9 @@ rule patches:
 
 rule projections:
     input:
+        unpack(projected_ranges),
         top=L.topk("{layer}"),
         bottom=L.bottomk("{layer}"),
-        ranges=L.ranges("{layer}"),
         shown=L.shown("{layer}"),
         manifest=L.manifest,
         model_files=PLAN.model_files,

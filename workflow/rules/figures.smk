@@ -28,27 +28,52 @@ rule grids:
         "../scripts/stage.py"
 
 
-rule gallery:
+rule gallery_layer:
     input:
-        gallery_inputs,
+        layer_gallery_inputs,
+        table=L.layers_table,
+        manifest=L.manifest,
+        classes=L.classes,
+    output:
+        out=directory(L.gallery_layer("{layer}")),
+    log:
+        L.log("gallery_layer", "{layer}"),
+    benchmark:
+        L.benchmark("gallery_layer", "{layer}")
+    params:
+        model=MODEL,
+        layer=layer_name,
+        files=layer_gallery_files,
+        method=PLAN.projection,
+        k=setting("k"),
+        code=stage_fingerprint("gallery_layer"),
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"
+
+
+rule gallery_index:
+    input:
+        index_inputs,
         table=L.layers_table,
         manifest=L.manifest,
         rejected=L.rejected,
-        classes=L.classes,
         inputs=stored_inputs,
     output:
-        out=directory(L.gallery),
+        index=L.gallery_file("index.html"),
+        style=L.gallery_file("style.css"),
+        inputs_dir=directory(L.gallery_file("inputs")),
+        images_dir=directory(L.gallery_file("images")),
     log:
-        L.log("gallery"),
+        L.log("gallery_index"),
     benchmark:
-        L.benchmark("gallery")
+        L.benchmark("gallery_index")
     params:
         model=MODEL,
-        layers=gallery_files(),
+        layers=index_files(),
         title=f"{L.model} on {L.dataset}",
-        method=PLAN.projection,
-        k=layer_ks(),
-        code=stage_fingerprint("gallery"),
+        code=stage_fingerprint("gallery_index"),
     conda:
         "../../envs/unitscope.yaml"
     script:
