@@ -5,6 +5,7 @@ input changes, what a damaged cache does, and that `snakemake --lint` stays quie
 Marked `workflow`: `pytest -m "not workflow"` runs the rest in seconds."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -108,8 +109,12 @@ def test_every_contract_file_is_written_with_its_columns(run):
         hist = pd.read_parquet(res / f"hist/{L}.parquet")
         assert (hist.groupby("unit")["count"].sum() == 16).all()
         verify = pd.read_parquet(res / f"verify/{L}.parquet")
-        shown_rows = verify[verify["erf_px"] >= 0]  # the shown units' 4 examples, fields measured
-        assert verify["ok"].all() and len(shown_rows) == 16 and (shown_rows["erf_px"] > 0).all()
+        shown_units = json.loads((res / f"shown/{L}.json").read_text())["units"]
+        shown_rows = verify[verify["unit"].isin(shown_units) & (verify["kind"] == "top")]
+        assert verify["ok"].all() and len(shown_rows) == 16  # the shown units' 4 examples each
+        measured = verify[verify["erf_px"] >= 0]  # effective fields: each shown unit's strongest
+        assert sorted(measured["unit"]) == sorted(shown_units) and (measured["rank"] == 0).all()
+        assert (measured["erf_px"] > 0).all()
         tops = verify[(verify["kind"] == "top") & (verify["rank"] == 0)]  # verify: all
         assert sorted(tops["unit"]) == list(range(row.channels))
         fig = Image.open(res / f"grids/{L}.png")

@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 
 from .atomic import atomic_path
 from .examples import median_erf
 from .geometry import source_box
-from .image_view import image_view
+from .image_view import image_view_table
 from .inputs import ImageSource, Preprocessing
 from .patches import read_index, visible_box
 from .progress import Progress
@@ -76,19 +78,25 @@ class LayerFiles:
 
 
 def _write_jpegs(h5_path: str, folder: Path, prefix: str, kind: str) -> dict[tuple[str, int, int], str]:
-    """Each entry's stored JPEG as its own file (bytes copied, not re-encoded)."""
+    """Each entry's stored JPEG as a file (bytes copied, not re-encoded), named by its content so
+    that equal patches (a field that covers the whole image: one per image) are written once."""
+    import hashlib
+
     names = {}
     folder.mkdir(parents=True, exist_ok=True)
     index = read_index(h5_path, kind)
     with open_checked(h5_path, kind) as f:
-        data = f["jpeg"]
-        for i, r in enumerate(index.itertuples()):
-            raw = data[i].tobytes()
-            if not raw:
-                continue
-            name = f"{prefix}{r.unit:04d}-{r.kind[0]}{r.rank}.jpg"
+        data = f["jpeg"][:]
+    written: set[str] = set()
+    for raw, kind_, unit, rank in zip(data, index["kind"], index["unit"], index["rank"]):
+        raw = raw.tobytes()
+        if not raw:
+            continue
+        name = f"{prefix}{hashlib.blake2b(raw, digest_size=10).hexdigest()}.jpg"
+        if name not in written:
             (folder / name).write_bytes(raw)
-            names[(r.kind, int(r.unit), int(r.rank))] = name
+            written.add(name)
+        names[(kind_, int(unit), int(rank))] = name
     return names
 
 
@@ -171,11 +179,14 @@ def build_index(layers_path: str | os.PathLike, manifest_path: str | os.PathLike
     with atomic_path(out_dir / "inputs") as tmp:
         _write_inputs(used, images, tmp)
     paths = {L: {"activations": f.activations, "units": f.units, "rf": f.rf} for L, f in files.items()}
-    views = image_view(layers, manifest, paths, sorted(used))
+    views: dict[int, list[dict]] = {i: [] for i in sorted(used)}
+    for r in image_view_table(layers, manifest, paths, sorted(used)).to_dict("records"):
+        views[int(r["image_id"])].append(r)
+    metas = by_id[["path", "label"]].to_dict("index")
     with atomic_path(out_dir / "images") as tmp:
         tmp.mkdir()
         for image_id, view in views.items():
-            _image_page(tmp, image_id, view, by_id.loc[image_id], size)
+            _image_page(tmp, image_id, view, metas[image_id], size)
     with atomic_path(out_dir / "style.css") as tmp:
         tmp.write_text((TEMPLATES / "style.css").read_text())
     with atomic_path(out_dir / "index.html") as tmp:
@@ -214,14 +225,15 @@ def _tile(name: str, alt: str, box, size: int, seen: bool) -> dict:
     return {"name": name, "alt": alt, "seen": False, "style": style}
 
 
-def _entry(r, kind: str, meta, patch_names, proj_names, size: int, prep: Preprocessing,
+def _entry(r, kind: str, meta: dict, patch_names, proj_names, size: int, prep: Preprocessing,
            seen: bool = False) -> dict:
+    """What the entry macro shows of one example row (a namedtuple of its table)."""
     key = (kind, int(r.unit), int(r.rank))
     box = (int(r.y0), int(r.x0), int(r.y1), int(r.x1))
     tiles = [_tile(names[key], alt, box, size, seen)
              for names, alt in ((proj_names, "projection"), (patch_names, "patch")) if key in names]
     crop = None
-    if "crop_left" in meta and not pd.isna(meta["crop_left"]):
+    if meta.get("crop_left") is not None and not pd.isna(meta["crop_left"]):
         crop = (int(meta["crop_left"]), int(meta["crop_top"]), int(meta["crop_right"]), int(meta["crop_bottom"]))
     sy0, sx0, sy1, sx1 = source_box((r.y0, r.x0, r.y1, r.x1), (int(meta["width"]), int(meta["height"])),
                                     crop, prep.resize_size, prep.input_size)
@@ -275,15 +287,18 @@ def _layer_pages(folder: Path, layer, f: LayerFiles, manifest: pd.DataFrame, siz
     has_labels = "purity" in units and units["purity"].notna().any()
     thumbs = []
     progress = Progress(len(units), f"gallery {L}", unit="units")
-    none = top.iloc[0:0]
-    by_unit = {u: g.sort_values("rank") for u, g in top.groupby("unit")}
-    low_by_unit = {u: g.sort_values("rank") for u, g in bottom.groupby("unit")}
-    range_by_unit = {u: g for u, g in ranges.groupby("unit")} if ranges is not None else {}
+    # plain rows grouped once: pandas lookups per unit and per entry are the slow part
+    by_unit = _rows_by_unit(top, "rank")
+    low_by_unit = _rows_by_unit(bottom, "rank")
+    range_by_unit = _rows_by_unit(ranges, "range") if ranges is not None else {}
+    hist_by_unit = {int(u): g for u, g in hist.groupby("unit")} if hist is not None else {}
+    votes_by_unit = _rows_by_unit(classes, "rank") if classes is not None else {}
     unit_ids = [int(u) for u in units["unit"]]
+    metas = manifest.to_dict("index")
 
-    def entries(rows: pd.DataFrame, kind: str) -> list[dict]:
-        return [_entry(r, kind, manifest.loc[int(r.image_id)], patch_names, proj_names, size, prep, seen)
-                for r in rows.itertuples()]
+    def entries(rows: list, kind: str) -> list[dict]:
+        return [_entry(r, kind, metas[int(r.image_id)], patch_names, proj_names, size, prep, seen)
+                for r in rows]
 
     for i, s in enumerate(units.itertuples()):
         u = int(s.unit)
@@ -291,21 +306,20 @@ def _layer_pages(folder: Path, layer, f: LayerFiles, manifest: pd.DataFrame, siz
         thumbs.append({"unit": u, "file": f"{u:04d}", "image": patch_names.get(("top", u, 0)),
                        "dead": bool(s.dead), "saturated": bool(s.saturated), "max": f"{s.max:.6g}",
                        "max_text": f"{s.max:.3g}", "active": f"{s.frac_active:.4f}", "purity": purity})
-        mine = by_unit.get(u, none)
-        in_range = range_by_unit.get(u)
-        range_parts = [] if in_range is None else [
-            {"lo": f"{g['lo'].iat[0]:.3g}", "hi": f"{g['hi'].iat[0]:.3g}", "entries": entries(g, "range")}
-            for _, g in in_range.groupby("range")]
-        marks = list(mine["activation"]) + (list(in_range["activation"]) if in_range is not None else [])
+        mine = by_unit.get(u, [])
+        in_range = range_by_unit.get(u, [])
+        intervals: dict[int, list] = {}
+        for r in in_range:
+            intervals.setdefault(int(r.range), []).append(r)
+        range_parts = [{"lo": f"{rows[0].lo:.3g}", "hi": f"{rows[0].hi:.3g}", "entries": entries(rows, "range")}
+                       for rows in intervals.values()]
+        marks = [r.activation for r in mine] + [r.activation for r in in_range]
         labels = []
         if has_labels:
-            counts = manifest.loc[mine["image_id"], "label"].value_counts()
-            labels = [{"label": lab, "n": n, "width": f"{100 * n / counts.max():.0f}"}
-                      for lab, n in counts.items()]
-        votes = []
-        if classes is not None and len(classes):
-            votes = [{"name": r.class_name, "weight": f"{r.weight:+.4f}"}
-                     for r in classes[classes["unit"] == u].sort_values("rank").itertuples()]
+            counts = Counter(lab for r in mine if not pd.isna(lab := metas[int(r.image_id)]["label"]))
+            labels = [{"label": lab, "n": n, "width": f"{100 * n / max(counts.values()):.0f}"}
+                      for lab, n in counts.most_common()]
+        votes = [{"name": r.class_name, "weight": f"{r.weight:+.4f}"} for r in votes_by_unit.get(u, [])]
         stats = [(name, f"{getattr(s, name):.4g}") for name in
                  ("max", "mean", "q50", "q90", "q99", "frac_active", "min")]
         if has_labels and not pd.isna(s.purity):
@@ -314,11 +328,11 @@ def _layer_pages(folder: Path, layer, f: LayerFiles, manifest: pd.DataFrame, siz
                 layer=L, unit=u, prev=unit_ids[i - 1] if i > 0 else None,
                 next=unit_ids[i + 1] if i + 1 < len(unit_ids) else None, rf=rf,
                 method=method.replace("_", " ") if proj_names else "", why=shown["why"].get(u),
-                stats=stats, hist=_hist(hist[hist["unit"] == u], marks) if hist is not None else None,
+                stats=stats, hist=_hist(hist_by_unit[u], marks) if u in hist_by_unit else None,
                 dead=bool(s.dead), saturated=bool(s.saturated), max_text=f"{s.max:.3g}",
                 max_exact=f"{s.max:.4g}", n_at_max=getattr(s, "n_at_max", ""),
                 top=entries(mine, "top"), short=bool(k and len(mine) < k), k=k,
-                bottom=entries(low_by_unit.get(u, none), "bottom"), ranges=range_parts,
+                bottom=entries(low_by_unit.get(u, []), "bottom"), ranges=range_parts,
                 labels=labels, classes=votes)
         progress.update(1)
     _render(folder / "index.html", "layer.html", title=L, depth=1, layer=L, units=layer.units,
@@ -326,13 +340,25 @@ def _layer_pages(folder: Path, layer, f: LayerFiles, manifest: pd.DataFrame, siz
             has_labels=has_labels, thumbs=thumbs)
 
 
-def _image_page(folder: Path, image_id: int, view: pd.DataFrame, meta, size: int) -> None:
-    parts = [{"layer": layer, "rows": [
-        {"unit": int(r.unit), "style": _box_style(r.y0, r.x0, r.y1, r.x1, size),
-         "activation": f"{r.activation:.4g}", "ratio": f"{r.ratio:.0%}", "y0": r.y0, "y1": r.y1,
-         "x0": r.x0, "x1": r.x1} for r in g.itertuples()]}
-        for layer, g in view.groupby("layer", sort=False)]
+def _rows_by_unit(table: pd.DataFrame, order: str) -> dict[int, list]:
+    """A table's rows (as objects with the columns as attributes) by unit, sorted by `order` (and
+    by rank within it)."""
+    keys = [order] + (["rank"] if order != "rank" and "rank" in table else [])
+    out: dict[int, list] = {}
+    for r in table.sort_values(["unit", *keys]).to_dict("records"):
+        out.setdefault(int(r["unit"]), []).append(SimpleNamespace(**r))
+    return out
+
+
+def _image_page(folder: Path, image_id: int, view: list[dict], meta, size: int) -> None:
+    """One image's page: `view` holds its rows of the image-view table, layer by layer."""
+    parts: dict[str, list] = {}
+    for r in view:
+        parts.setdefault(r["layer"], []).append(
+            {"unit": int(r["unit"]), "style": _box_style(r["y0"], r["x0"], r["y1"], r["x1"], size),
+             "activation": f"{r['activation']:.4g}", "ratio": f"{r['ratio']:.0%}", "y0": r["y0"],
+             "y1": r["y1"], "x0": r["x0"], "x1": r["x1"]})
     label = meta["label"]
     _render(folder / f"{image_id:07d}.html", "image.html", title=f"image {image_id}", depth=1,
             image_id=image_id, image=f"{image_id:07d}", label="" if pd.isna(label) else label,
-            path=meta["path"], layers=parts)
+            path=meta["path"], layers=[{"layer": k, "rows": v} for k, v in parts.items()])

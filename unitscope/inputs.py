@@ -9,11 +9,13 @@ Two ways to get them (`inputs:` in the config):
   `image_id` (N,), stamped with its provenance); `StoredImages` reads it."""
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Iterator
 
 import h5py
@@ -101,11 +103,28 @@ def load_image(row, prep: Preprocessing) -> np.ndarray:
 
 
 def _decode(row, prep: Preprocessing) -> np.ndarray:
+    crop = _crop_of(row)
+    if crop is not None:  # crops of one photo follow each other: the photo is decoded once
+        im = _whole_image(*_source_key(row)).crop(crop)
+    else:
+        im = _upright_rgb(row, prep)
+    w, h = im.size
+    s = prep.resize_size / min(w, h)
+    n = prep.input_size
+    nw, nh = max(n, round(w * s)), max(n, round(h * s))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), RESAMPLE[prep.resample], reducing_gap=3.0)
+    left, top = (nw - n) // 2, (nh - n) // 2
+    return np.asarray(im, dtype=np.uint8)[top:top + n, left:left + n]
+
+
+def _upright_rgb(row, prep: Preprocessing | None):
+    """The image a row names, EXIF-oriented, as RGB; a JPEG decoded at the smallest scale that
+    still leaves `prep`'s resize enough pixels (None: full size)."""
     from PIL import Image, ImageOps
 
-    crop = _crop_of(row)
     with _opened(row) as fh, Image.open(fh) as im:
-        if crop is None and im.format == "JPEG":
+        if prep is not None and im.format == "JPEG":
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still leaves enough pixels.
             w, h = im.size
             s = prep.resize_size / min(w, h)
@@ -113,16 +132,27 @@ def _decode(row, prep: Preprocessing) -> np.ndarray:
         if im.getexif().get(0x0112, 1) != 1:  # an EXIF orientation other than upright
             im = ImageOps.exif_transpose(im)
         im = to_rgb(im)
-        if crop is not None:
-            im = im.crop(crop)
-        w, h = im.size
-        s = prep.resize_size / min(w, h)
-        n = prep.input_size
-        nw, nh = max(n, round(w * s)), max(n, round(h * s))
-        if (nw, nh) != (w, h):
-            im = im.resize((nw, nh), RESAMPLE[prep.resample], reducing_gap=3.0)
-        left, top = (nw - n) // 2, (nh - n) // 2
-        return np.asarray(im, dtype=np.uint8)[top:top + n, left:left + n]
+        im.load()
+        return im
+
+
+def _source_key(row) -> tuple:
+    """What identifies the bytes a row's file holds (path, member, and the file's size and
+    modification time), so that a cached decode is never served for a changed file."""
+    st = os.stat(row.path)
+    fields = ("member", "member_offset", "member_size", "tar_sha256", "tar_size",
+              "tar_mtime_ns", "tar_ctime_ns")
+    extra = tuple(None if pd.isna(v := getattr(row, k, None)) else v for k in fields)
+    return (row.path, st.st_size, st.st_mtime_ns, *extra)
+
+
+@functools.lru_cache(maxsize=2)
+def _whole_image(path, size, mtime_ns, member, member_offset, member_size, *tar):
+    """The whole photo a crop is cut from, decoded once while its crops are read."""
+    row = SimpleNamespace(path=path, member=member, member_offset=member_offset,
+                          member_size=member_size, **dict(zip(("tar_sha256", "tar_size",
+                                                               "tar_mtime_ns", "tar_ctime_ns"), tar)))
+    return _upright_rgb(row, None)
 
 
 def to_rgb(im):

@@ -173,23 +173,22 @@ def verify(top: str, shown: str, manifest: str, model: dict, layer: str, out: st
     also every unit's rank-0 top and bottom example, one forward pass per distinct image)."""
     import pandas as pd
 
-    from .atomic import atomic_path
     from .examples import layer_examples
-    from .verify import check_values, verify_examples
+    from .verify import verify_examples
 
     spec, net, module = _network(model, layer, threads)
     entries = _shown_examples(top, bottom, None, shown, figure)
     entries = entries[entries["kind"] != "range"]
+    if level == "all":  # every unit's rank-0 rows too, checked in the same forward passes
+        rest = layer_examples(top, bottom, None, kinds=("top", "bottom"), max_rank=1)
+        done = set(zip(entries["kind"], entries["unit"], entries["rank"]))
+        rest = rest[[key not in done for key in zip(rest["kind"], rest["unit"], rest["rank"])]]
+        checked = pd.concat([entries, rest], ignore_index=True)
+    else:
+        checked = entries
     with _images(manifest, model, None) as images:  # from the source files, whatever the store says
-        table = verify_examples(entries, images, net, module, spec.mean, spec.std, precision, layer)
-        if level == "all":
-            rest = layer_examples(top, bottom, None, kinds=("top", "bottom"), max_rank=1)
-            done = set(zip(entries["kind"], entries["unit"], entries["rank"]))
-            rest = rest[[key not in done for key in zip(rest["kind"], rest["unit"], rest["rank"])]]
-            table = pd.concat([table, check_values(rest, images, net, module, spec.mean, spec.std,
-                                                   precision, layer)], ignore_index=True)
-    with atomic_path(out) as tmp:
-        table.to_parquet(tmp, index=False)
+        verify_examples(checked, images, net, module, spec.mean, spec.std, precision, layer, out,
+                        measure=entries[entries["rank"] == 0])  # the shown units' strongest
 
 
 def classes(model: dict, names: list[str], out: str) -> None:

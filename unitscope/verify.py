@@ -10,19 +10,21 @@ position must be within the same tolerance of the map's maximum (a near-tie may 
 rtol = atol = 1e-3 for fp32 inference, 1e-2 for fp16, 5e-2 for bf16 (the stored values then come
 from lower precision than the check).
 
-The same pass measures each row's **effective receptive field**: the side of the smallest square,
-centred on the field's centre, that holds 90% of the input-gradient mass (|∂activation/∂pixel|
-summed over colour channels) — the part of the theoretical field that matters. Clamps pass the
-gradient through their upper cap, as for the projections, so a saturated unit has one too.
+Values are checked with one forward pass per distinct image. The **effective receptive field** is
+measured on each shown unit's strongest example of each kind (rank 0; one backward pass each): the
+side of the smallest square, centred on the field's centre, that holds 90% of the input-gradient
+mass (|∂activation/∂pixel| summed over colour channels) — the part of the theoretical field that
+matters. Clamps pass the gradient through their upper cap, as for the projections, so a saturated
+unit has one too.
 
 Levels (`verify:`): `shown` (= true, the default) checks every shown unit's top-k (and bottom-k)
-rows and measures their effective fields; `all` also checks the rank-0 top and bottom example of
-every other unit, value and position only, one forward pass per distinct image (`check_values`),
-so a changed maximum or minimum of a unit that no figure shows is caught too; `none` (= false)
-checks nothing.
+rows; `all` also checks the rank-0 top and bottom example of every other unit (in the same forward
+passes), so a changed maximum or minimum of a unit that no figure shows is caught too; `none`
+(= false) checks nothing.
 
 `verify/L.parquet`, one row per checked example: layer, kind, unit, rank, image_id, stored,
-recomputed, y, x, peak_y, peak_x, ok, erf_px (-1 where not measured)."""
+recomputed, y, x, peak_y, peak_x, ok, erf_px (-1 where not measured: ranks after 0, and the
+other units' rows of `verify: all`)."""
 from __future__ import annotations
 
 import logging
@@ -144,16 +146,42 @@ def check_values(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Mo
 
 def verify_examples(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Module,
                     module: str, mean, std, precision: str = "fp32", layer: str = "",
-                    out_path: str | os.PathLike | None = None, batch_size: int = 16) -> pd.DataFrame:
-    """Check every example row (kind, unit, rank, image_id, activation, y, x, y0, x0, y1, x1) and
-    measure its effective receptive field; raise VerificationError on the first mismatch."""
-    tol = TOLERANCE.get(precision, TOLERANCE["fp32"])
-    examples = examples.reset_index(drop=True)
-    scale = examples.groupby("unit")["activation"].transform(lambda v: v.abs().max()).to_numpy()
+                    out_path: str | os.PathLike | None = None, batch_size: int = 16,
+                    measure: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Check every example row (kind, unit, rank, image_id, activation, y, x, y0, x0, y1, x1):
+    value and position, one forward pass per distinct image (`check_values`); and measure the
+    effective receptive field of the rows of `measure` (default: each unit's rank-0 row of each
+    kind; one backward pass each). Raises VerificationError on the first mismatch."""
+    table = check_values(examples, images, model, module, mean, std, precision, layer, batch_size)
+    measured = (examples[examples["rank"] == 0] if measure is None else measure).reset_index(drop=True)
+    if len(measured):
+        sizes = effective_fields(measured, images, model, module, mean, std, batch_size, layer)
+        key = ["kind", "unit", "rank"]
+        erf = measured[key].assign(erf_px=sizes)
+        table = table.drop(columns="erf_px").merge(erf, on=key, how="left")
+        table["erf_px"] = table["erf_px"].fillna(-1).astype(np.int64)
+        table = table[COLUMNS]
+    if out_path is not None:
+        with atomic_path(out_path) as tmp:
+            table.to_parquet(tmp, index=False)
+    if len(table):
+        t = table[table["erf_px"] >= 0]
+        log.info("verify %s: %d examples match (largest difference %.2g); effective receptive "
+                 "field median %s px", layer, len(table),
+                 float((table["stored"] - table["recomputed"]).abs().max()),
+                 int(t["erf_px"].median()) if len(t) else "-")
+    return table
+
+
+def effective_fields(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Module,
+                     module: str, mean, std, batch_size: int = 16, layer: str = "") -> list[int]:
+    """The effective receptive field (px) of each example row: the input gradient of its
+    activation at its position (clamps passing the gradient through their cap), one backward
+    pass per row."""
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    rows = []
-    progress = Progress(len(examples), f"verify {layer}", unit="examples")
+    sizes: list[int] = []
+    progress = Progress(len(examples), f"effective fields {layer}", unit="examples")
     batch_size = batch_limit(model, batch_size)
     model = model.eval().to(memory_format=torch.channels_last)  # faster on the CPU
     for s in range(0, len(examples), batch_size):
@@ -168,24 +196,10 @@ def verify_examples(examples: pd.DataFrame, images: ImageSource, model: torch.nn
         fmap = captured["layer"]
         b = torch.arange(len(part))
         u = torch.tensor(part["unit"].to_numpy(), dtype=torch.long)
-        maps = fmap[b, u].detach().float().numpy()  # B×h×w
-        low = (part["kind"] == "bottom").to_numpy()
         yy, xx = part["y"].to_numpy(), part["x"].to_numpy()
-        picked = fmap[b, u, torch.as_tensor(yy.copy()), torch.as_tensor(xx.copy())]
-        picked.sum().backward()
+        fmap[b, u, torch.as_tensor(yy.copy()), torch.as_tensor(xx.copy())].sum().backward()
         mass = x.grad.detach().abs().sum(1).numpy()
-        for i, r in enumerate(part.itertuples()):
-            m = -maps[i] if low[i] else maps[i]
-            erf = effective_size(mass[i], ((r.y0 + r.y1) / 2, (r.x0 + r.x1) / 2))
-            rows.append(_judge(r, float(maps[i][r.y, r.x]), m, float(scale[s + i]), tol, layer, erf))
+        sizes += [effective_size(mass[i], ((r.y0 + r.y1) / 2, (r.x0 + r.x1) / 2))
+                  for i, r in enumerate(part.itertuples())]
         progress.update(len(part))
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    if out_path is not None:
-        with atomic_path(out_path) as tmp:
-            table.to_parquet(tmp, index=False)
-    if len(table):
-        log.info("verify %s: %d examples match (largest difference %.2g); effective receptive "
-                 "field median %d px", layer, len(table),
-                 float((table["stored"] - table["recomputed"]).abs().max()),
-                 int(table["erf_px"].median()))
-    return table
+    return sizes
