@@ -22,9 +22,10 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 TEMPLATES = os.path.join(ROOT, "templates")
 
 
-def _renders_templates(text: str) -> bool:
+@lru_cache(maxsize=None)
+def _renders_templates(module: str) -> bool:
     """Whether a module's source imports jinja2 (anywhere in it)."""
-    for node in ast.walk(ast.parse(text)):
+    for node in ast.walk(_tree(module)):
         if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "jinja2" for a in node.names):
             return True
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "jinja2":
@@ -52,11 +53,12 @@ def _source(module: str) -> tuple[str, str] | None:
     return None
 
 
-def imported_modules(text: str, module: str | None = None, is_package: bool = False) -> set[str]:
+def imported_modules(text: str, module: str | None = None, is_package: bool = False,
+                     tree: ast.AST | None = None) -> set[str]:
     """The unitscope modules a source text imports (absolute and relative, anywhere in it)."""
     found: set[str] = set()
     package = module if is_package else (module.rpartition(".")[0] if module else "")
-    for node in ast.walk(ast.parse(text)):
+    for node in ast.walk(tree if tree is not None else ast.parse(text)):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == PACKAGE}
         elif isinstance(node, ast.ImportFrom):
@@ -85,6 +87,19 @@ def imported_modules(text: str, module: str | None = None, is_package: bool = Fa
 
 
 @lru_cache(maxsize=None)
+def _tree(module: str) -> ast.AST:
+    """The parsed source of a unitscope module (parsed once per process)."""
+    return ast.parse(_source(module)[1])
+
+
+@lru_cache(maxsize=None)
+def _imports_of(module: str) -> frozenset[str]:
+    path, text = _source(module)
+    return frozenset(imported_modules(text, module, path.endswith("__init__.py"),
+                                      tree=_tree(module)))
+
+
+@lru_cache(maxsize=None)
 def closure(start: frozenset[str]) -> tuple[str, ...]:
     """Every unitscope module reached from `start` through imports, sorted."""
     seen: set[str] = set()
@@ -97,16 +112,17 @@ def closure(start: frozenset[str]) -> tuple[str, ...]:
         if src is None:
             continue
         seen.add(name)
-        todo += imported_modules(src[1], name, src[0].endswith("__init__.py"))
+        todo += _imports_of(name)
     return tuple(sorted(seen))
 
 
 STAGES = f"{PACKAGE}.stages"
 
 
+@lru_cache(maxsize=None)
 def _stage_functions(stage: str) -> list[ast.FunctionDef]:
     """The function `stage` of stages.py and the module-level helpers it calls."""
-    tree = ast.parse(_source(STAGES)[1])
+    tree = _tree(STAGES)
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     if stage not in functions:
         raise ValueError(f"no stage {stage!r}; stages: "
@@ -141,7 +157,7 @@ def stage_fingerprint(stage: str) -> str:
     modules = stage_modules(stage)
     for module in modules:
         h.update(module.encode() + b"\0" + _source(module)[1].encode())
-    if any(_renders_templates(_source(m)[1]) for m in modules):
+    if any(_renders_templates(m) for m in modules):
         for path in template_files():
             with open(path, "rb") as f:
                 h.update(os.path.relpath(path, ROOT).encode() + b"\0" + f.read())

@@ -46,7 +46,7 @@ rule projections:
         figure=setting("figure"),
         patch_max_px=setting("patch_max_px"),
         code=stage_fingerprint("projections"),
-    threads: 2
+    threads: 1  # two such jobs side by side use 2 cores better than one with 2 threads
     conda:
         "../../envs/unitscope.yaml"
     script:
@@ -73,7 +73,7 @@ rule verify:
         precision=PLAN.precision,
         level=PLAN.verify,
         code=stage_fingerprint("verify"),
-    threads: 2
+    threads: 1
     conda:
         "../../envs/unitscope.yaml"
     script:
