@@ -25,6 +25,8 @@ TEMPLATES = os.path.join(ROOT, "templates")
 @lru_cache(maxsize=None)
 def _renders_templates(module: str) -> bool:
     """Whether a module's source imports jinja2 (anywhere in it)."""
+    if "jinja2" not in _source(module)[1]:
+        return False
     for node in ast.walk(_tree(module)):
         if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "jinja2" for a in node.names):
             return True

@@ -8,12 +8,15 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 
 from ..atomic import atomic_path
 from ..progress import Progress
 from . import Candidate
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("unitscope")
 
@@ -110,6 +113,8 @@ def inspect(c: Candidate) -> tuple[int, int] | str:
 def index_images(candidates: list[Candidate], manifest_out: str | os.PathLike,
                  rejected_out: str | os.PathLike, threads: int = 1) -> pd.DataFrame:
     """Write the manifest and rejects tables; returns the manifest. Fails if no image is usable."""
+    import pandas as pd  # here, not at the top: the plan imports this module at every parse
+
     progress = Progress(len(candidates), "index")
     results = []
     with ThreadPoolExecutor(max(threads, 1)) as pool:

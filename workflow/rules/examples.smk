@@ -18,6 +18,7 @@ rule patches:
         layer=layer_name,
         patch_max_px=setting("patch_max_px"),
         code=stage_fingerprint("patches"),
+    priority: 2  # before the verification: the layer's pages wait for both
     conda:
         "../../envs/unitscope.yaml"
     script:
@@ -47,6 +48,7 @@ rule projections:
         patch_max_px=setting("patch_max_px"),
         code=stage_fingerprint("projections"),
     threads: 1  # two such jobs side by side use 2 cores better than one with 2 threads
+    priority: 3  # a layer's longest job: started first
     conda:
         "../../envs/unitscope.yaml"
     script:

@@ -115,6 +115,7 @@ rule ranges:
         total=PLAN.shards,
         model_key=PLAN.model_key,
         code=stage_fingerprint("ranges"),
+    priority: 2  # the layer's patches wait for it
     conda:
         "../../envs/unitscope.yaml"
     script:
