@@ -205,7 +205,7 @@ def project(model: torch.nn.Module, module: str, x: torch.Tensor, units, ys, xs,
     u, yy, xx = (torch.tensor(np.asarray(v), dtype=torch.long) for v in (units, ys, xs))
     signal = torch.zeros_like(out)
     signal[b, u, yy, xx] = out.detach()[b, u, yy, xx]
-    out.backward(signal)
+    out.backward(signal, inputs=[x])  # the input gradient only, not the weights'
     return x.grad.detach()
 
 

@@ -198,7 +198,7 @@ def effective_fields(examples: pd.DataFrame, images: ImageSource, model: torch.n
         b = torch.arange(len(part))
         u = torch.tensor(part["unit"].to_numpy(), dtype=torch.long)
         yy, xx = part["y"].to_numpy(), part["x"].to_numpy()
-        fmap[b, u, torch.as_tensor(yy.copy()), torch.as_tensor(xx.copy())].sum().backward()
+        fmap[b, u, torch.as_tensor(yy.copy()), torch.as_tensor(xx.copy())].sum().backward(inputs=[x])
         mass = x.grad.detach().abs().sum(1).numpy()
         sizes += [effective_size(mass[i], ((r.y0 + r.y1) / 2, (r.x0 + r.x1) / 2))
                   for i, r in enumerate(part.itertuples())]
