@@ -113,7 +113,7 @@ def _judge(r, recomputed: float, m: np.ndarray, scale: float, tol: float, layer:
 
 
 def check_values(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Module, module: str,
-                 mean, std, precision: str = "fp32", layer: str = "", batch_size: int = 16) -> pd.DataFrame:
+                 mean, std, precision: str = "fp32", layer: str = "", batch_size: int = 8) -> pd.DataFrame:
     """Check the stored value and position of every example row with one forward pass per
     distinct image (no gradients: the effective field is not measured, erf_px = -1)."""
     tol = TOLERANCE.get(precision, TOLERANCE["fp32"])
@@ -147,7 +147,7 @@ def check_values(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Mo
 
 def verify_examples(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Module,
                     module: str, mean, std, precision: str = "fp32", layer: str = "",
-                    out_path: str | os.PathLike | None = None, batch_size: int = 16,
+                    out_path: str | os.PathLike | None = None, batch_size: int = 8,
                     measure: pd.DataFrame | None = None) -> pd.DataFrame:
     """Check every example row (kind, unit, rank, image_id, activation, y, x, y0, x0, y1, x1):
     value and position, one forward pass per distinct image (`check_values`); and measure the
@@ -175,7 +175,7 @@ def verify_examples(examples: pd.DataFrame, images: ImageSource, model: torch.nn
 
 
 def effective_fields(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Module,
-                     module: str, mean, std, batch_size: int = 16, layer: str = "") -> list[int]:
+                     module: str, mean, std, batch_size: int = 8, layer: str = "") -> list[int]:
     """The effective receptive field (px) of each example row: the input gradient of its
     activation at its position (clamps passing the gradient through their cap), one backward
     pass per row."""
