@@ -290,3 +290,18 @@ def test_a_figure_of_k_5000_at_256_px_stays_under_50_mpx_and_says_so(tmp_path):
     facts = FigureFacts(layer="L", shape=(36, 8, 8), rf=(4, 4), input_size=16, k=5000, display_px=256)
     assert f"first {n} of k=5000 (at 256 px, more would make the figure over 50 Mpx" in \
         "\n".join(header_lines(facts, ["top"], n, 100, 36, "patches"))
+
+
+def test_a_member_that_cannot_be_read_is_named_with_its_tar(tmp_path):
+    from types import SimpleNamespace
+
+    tar = write_tar(tmp_path / "train-000.tar", ["a"])
+    with tarfile.open(tar) as t:
+        m = t.getmember("a.jpg")
+    data = bytearray(tar.read_bytes())
+    data[m.offset_data:m.offset_data + m.size] = b"\0" * m.size  # the member's bytes destroyed
+    tar.write_bytes(bytes(data))
+    row = SimpleNamespace(path=str(tar), member="a.jpg", member_offset=m.offset_data,
+                          member_size=m.size, crop_left=None)
+    with pytest.raises(ValueError, match=r"tar shard .*train-000.tar member a.jpg: cannot read the image"):
+        load_image(row, Preprocessing(40, 32))
