@@ -205,14 +205,13 @@ def grids(patches: str, units: str, shown: str, table: str, manifest: str, layer
     """The layer figure and one figure per shown unit."""
     import pandas as pd
 
+    from .examples import median_erf
     from .grids import FigureFacts, draw_grids
     from .layers import layer_row
     from .shown import read_shown
 
     row = layer_row(table, layer)
     doc = read_shown(shown)
-    from .examples import median_erf
-
     erf = median_erf(pd.read_parquet(verify), "top") if verify else None
     rf = ((int(row["rf_size"]), int(row["rf_size_x"])) if bool(row["rf_affine"])
           else (int(row["rf_max_h"]), int(row["rf_max_w"])))
@@ -247,7 +246,12 @@ def gallery_index(table: str, manifest: str, rejected: str, model: dict, layers:
 
     from .gallery import LayerFiles, build_index
 
+    folder = os.path.dirname(index)
+    expected = {style: "style.css", inputs_dir: "inputs", images_dir: "images"}
+    for path, name in expected.items():  # build_index writes them under these names
+        if os.path.normpath(path) != os.path.normpath(os.path.join(folder, name)):
+            raise ValueError(f"gallery_index writes {name} beside {index}, not at {path}")
     files = {name: LayerFiles(**f) for name, f in layers.items()}
     with _images(manifest, model, inputs) as images:
-        build_index(table, manifest, files, images, _prep(model), os.path.dirname(index), title,
+        build_index(table, manifest, files, images, _prep(model), folder, title,
                     len(pd.read_parquet(rejected)))

@@ -152,11 +152,10 @@ class _Archive:
             raise ValueError(f"{self.path!r} is not a complete torch.export file: no {name}") from None
 
     def json(self, name: str):
+        data = self.read(name)
         try:
-            return json.loads(self.read(name))
+            return json.loads(data)
         except (UnicodeDecodeError, ValueError) as e:
-            if isinstance(e, UnsafeModelFile) or "torch.export file" in str(e):
-                raise
             raise ValueError(f"{self.path!r}: {name} is not JSON ({e})") from None
 
 
@@ -204,16 +203,19 @@ def header_input_shape(program: dict) -> tuple:
 
 
 def check_file(path: str | os.PathLike, trust_code: bool = False) -> tuple:
-    """Check a .pt2 without building it: its program (see `read_header`) and every payload it
-    would unpickle; returns the input shape. Raises UnsafeModelFile or ValueError in one line."""
+    """Check a .pt2 without building it — its program (see `read_header`), every payload it would
+    unpickle and its sample inputs — and return its input shape. Raises UnsafeModelFile or
+    ValueError in one line. With `trust_code`, only the header is read."""
     path = str(path)
-    program = read_header(path) if not trust_code else None
-    if not trust_code:
-        z, a = _open(path)
-        with z:
-            for kind in ("weights", "constants"):
-                _payloads(a, kind, load=False)
-    return header_input_shape(program if program is not None else _plain_header(path))
+    if trust_code:
+        return header_input_shape(_plain_header(path))
+    program = read_header(path)
+    z, a = _open(path)
+    with z:
+        for kind in ("weights", "constants"):
+            _payloads(a, kind, load=False)
+        _sample_inputs(a)
+    return header_input_shape(program)
 
 
 def _plain_header(path: str) -> dict:
