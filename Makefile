@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 CORES ?= all
 
-.PHONY: run test setup clean report browser test-slurm
+.PHONY: run test test-slow setup clean report browser test-slurm
 
 setup: $(VENV)/.installed
 
@@ -30,7 +30,12 @@ browser:
 	  echo "chromium not installed: the gallery browser test will be skipped"; }
 
 test: setup browser
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# The few tests of tens of seconds each (a VGG16 exported and read back, the hostile-file dry
+# runs, the big models against the gradient oracle): CI runs them after make test.
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow tests
 
 # A one-node SLURM on 127.0.0.1 runs the tiny pipeline through profiles/slurm (root, ~3 minutes).
 test-slurm: setup

@@ -68,6 +68,7 @@ def test_trust_code_reads_a_file_with_torch_export_load(clean, tmp_path):
     assert marker.exists()  # the opt-in does what it says
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
 def test_a_clean_export_of_each_built_in_gives_identical_activations(tmp_path, name):
     spec = MODELS[name]
@@ -108,6 +109,7 @@ def test_weights_given_to_an_export_file_do_not_change_the_file_read_earlier(cle
 
 
 @pytest.mark.workflow
+@pytest.mark.slow
 def test_no_payload_runs_in_a_dry_run_a_full_run_layers_or_show(clean, tmp_path, monkeypatch):
     """The clean file plans; each hostile file at the same path is refused by every door."""
     from test_silent_answers import fake_results

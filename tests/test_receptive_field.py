@@ -392,6 +392,7 @@ def _sample_positions(h: int, w: int) -> list[tuple[int, int]]:
     return [(y, x) for y in rows for x in cols]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 def test_built_in_models_agree_with_the_oracle(model_name):
     """Every alias of every built-in at 96 px (where even the deepest maps keep 3×3 positions):
