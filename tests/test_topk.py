@@ -211,3 +211,16 @@ def test_unit_quantiles_are_exact_below_the_reservoir_and_close_beyond():
         assert np.all(np.abs(ranks - q) < 0.03), (name, ranks)
     assert np.allclose(sampled.result()["max"], values.max(0))
     assert len(sampled.sample) == 1000
+
+
+def test_a_unit_that_never_fires_gets_no_label():
+    from unitscope.topk import label_purity
+
+    manifest = pd.DataFrame({"image_id": range(4), "label": ["cat", "cat", "dog", "bird"]})
+    top = pd.DataFrame({"unit": [0, 0, 1, 1], "image_id": [0, 1, 0, 1]})  # unit 1: the lowest ids
+    units = pd.DataFrame({"unit": [0, 1], "dead": [False, True]})
+    out = label_purity(units, top, manifest).set_index("unit")
+    assert out.loc[0, "label"] == "cat" and out.loc[0, "purity"] == 1.0
+    assert pd.isna(out.loc[1, "label"]) and np.isnan(out.loc[1, "purity"])
+    tie = label_purity(units.assign(dead=False), top.assign(image_id=[2, 3, 0, 1]), manifest)
+    assert tie.set_index("unit").loc[0, "label"] == "bird"  # a tie: the alphabetically first

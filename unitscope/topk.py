@@ -18,7 +18,7 @@ split. The bottom-k is the same class over negated minima.
 - `bottomk/L.parquet`: the same columns for the k images with the most negative spatial minimum
   (activation = that minimum; only negative ones; rank 0 = most negative);
 - `units/L.parquet`: see unit_stats.py; plus label (the most common label among the unit's top-k
-  images) and purity (its share).
+  images; ties: the alphabetically first; none for a unit that never fires) and purity (its share).
 
 With many shards the pass runs as a tree: each block of shards gives a partial result
 (`parts/L/topk-BBB.h5`: the states of its top-k, bottom-k and statistics, stamped like a shard)
@@ -353,7 +353,8 @@ def select_topk(activation_paths: list[str | os.PathLike] | None, manifest_path:
 
 def label_purity(units: pd.DataFrame, top: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
     """Each unit's most common label among its top-k images (ties: the alphabetically first) and
-    its share of them (purity); empty where the dataset has no labels."""
+    its share of them (purity); empty where the dataset has no labels, and for a unit that never
+    fires (its "top" images are arbitrary: the lowest image ids)."""
     units = units.copy()
     labels = manifest.set_index("image_id")["label"] if "label" in manifest else None
     if labels is None or labels.isna().all() or top.empty:
@@ -368,6 +369,10 @@ def label_purity(units: pd.DataFrame, top: pd.DataFrame, manifest: pd.DataFrame)
     totals = top.groupby("unit").size()
     units["label"] = pd.array(best["label"].reindex(units["unit"]).to_numpy(), dtype="string")
     units["purity"] = (best["n"].reindex(units["unit"]) / totals.reindex(units["unit"])).to_numpy(np.float64)
+    if "dead" in units:
+        dead = units["dead"].to_numpy(bool)
+        units.loc[dead, "label"] = pd.NA
+        units.loc[dead, "purity"] = np.nan
     return units
 
 
