@@ -317,10 +317,11 @@ def _check_dataset(cfg: dict) -> tuple[list[str], int | None, str | None]:
             shards = tar_shard_list(cfg["urls"])
         except ValueError as e:
             raise PlanError(f"config key 'dataset.urls': {e}") from None
+        from .datasets.identity import where_from
+
         seen: dict[str, str] = {}
         for s in shards:
-            where = s if URL.match(s) and not s.startswith("file://") else os.path.realpath(
-                _file_url_path(s) if s.startswith("file://") else s)
+            where = where_from(_file_url_path(s) if s.startswith("file://") else s)
             if where in seen:
                 raise PlanError(f"config key 'dataset.urls': {s!r} and {seen[where]!r} are the "
                                 f"same tar; list each tar once")
@@ -398,13 +399,14 @@ def _check_model(m: ModelConfig) -> tuple[ModelSpec, list[str], list[str]]:
     if wf:
         files.append(wf)
         if w not in ("imagenet", "none"):  # a state_dict of the user's: does it fit?
-            from .models import check_weights_fit
+            from .models import WeightsMismatch, check_weights_fit
 
             try:
                 check_weights_fit(spec, wf)
+            except WeightsMismatch as e:
+                raise PlanError(f"config key 'model.weights': {e}") from None
             except ValueError as e:
-                key = "model.weights" if "do not fit" in str(e) else (
-                    "model.export" if spec.kind == "export" else "model.python")
+                key = "model.export" if spec.kind == "export" else "model.python"
                 raise PlanError(f"config key '{key}': {e}") from None
     return spec, files, architecture
 

@@ -90,9 +90,10 @@ COLUMNS = ["layer", "kind", "unit", "rank", "image_id", "stored", "recomputed", 
            "peak_x", "ok", "erf_px"]
 
 
-def _judge(r, recomputed: float, m: np.ndarray, scale: float, tol: float, layer: str, erf: int) -> dict:
-    """One checked row, or VerificationError where the stored value or position is not what the
-    network gives now. `m` is the unit's map, negated for a bottom row."""
+def _judge(r, recomputed: float, m: np.ndarray, scale: float, tol: float, layer: str) -> dict:
+    """One checked row (its effective field not measured: -1), or VerificationError where the
+    stored value or position is not what the network gives now. `m` is the unit's map, negated
+    for a bottom row."""
     flat = int(np.argmax(m))
     peak = divmod(flat, m.shape[1])
     sign = -1.0 if r.kind == "bottom" else 1.0
@@ -109,7 +110,7 @@ def _judge(r, recomputed: float, m: np.ndarray, scale: float, tol: float, layer:
     return {"layer": layer, "kind": r.kind, "unit": int(r.unit), "rank": int(r.rank),
             "image_id": int(r.image_id), "stored": float(r.activation), "recomputed": recomputed,
             "y": int(r.y), "x": int(r.x), "peak_y": int(peak[0]), "peak_x": int(peak[1]),
-            "ok": True, "erf_px": int(erf)}
+            "ok": True, "erf_px": -1}
 
 
 def check_values(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Module, module: str,
@@ -140,7 +141,7 @@ def check_values(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Mo
             m = fmap[where[int(r.image_id)], int(r.unit)]
             m = -m if r.kind == "bottom" else m
             rows.append(_judge(r, float(fmap[where[int(r.image_id)], int(r.unit), r.y, r.x]), m,
-                               float(scale[idx]), tol, layer, -1))
+                               float(scale[idx]), tol, layer))
         progress.update(len(part))
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -14,10 +14,10 @@ SUBSET_KEYS = ("max_images", "per_class", "seed", "size", "split")
 SOURCE_KEYS = ("path", "url", "mirror", "urls", "tar", "labels")
 
 
-def _where(value):
+def where_from(value):
     """A local path as its absolute real path; a URL as written; lists element by element."""
     if isinstance(value, list):
-        return [_where(v) for v in value]
+        return [where_from(v) for v in value]
     if isinstance(value, str) and not re.match(r"^\w+://", value):
         return os.path.realpath(value)
     return value
@@ -31,7 +31,7 @@ def dataset_identity(cfg: dict) -> dict:
     for key in SOURCE_KEYS:
         if cfg.get(key) is not None:
             value = tar_shard_list(cfg[key]) if key == "urls" else cfg[key]
-            out[key] = _where(value)
+            out[key] = where_from(value)
     for key in SUBSET_KEYS:
         if cfg.get(key) is not None:
             out[key] = cfg[key]

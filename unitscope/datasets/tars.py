@@ -37,9 +37,8 @@ def _checked(path: str, sha256: str, recorded: tuple[int, int, int], now: tuple[
                               f"(sha256 {digest[:16]}…, the manifest says {sha256[:16]}…)")
 
 
-def check_tar(path: str, sha256: str, size: int, mtime_ns: int, ctime_ns: int,
-              manifest: str | None = None) -> None:
-    """Raise TarChangedError (naming the manifest to rebuild) unless `path` holds the content the
+def check_tar(path: str, sha256: str, size: int, mtime_ns: int, ctime_ns: int) -> None:
+    """Raise TarChangedError (saying how to index it again) unless `path` holds the content the
     manifest recorded."""
     try:
         st = os.stat(path)
@@ -50,4 +49,4 @@ def check_tar(path: str, sha256: str, size: int, mtime_ns: int, ctime_ns: int,
                  (st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     except TarChangedError as e:
         raise TarChangedError(f"{e}; index it again: snakemake --forcerun "
-                              f"{manifest or 'results/<dataset>/manifest.parquet'}") from None
+                              f"results/<dataset>/manifest.parquet") from None

@@ -18,6 +18,10 @@ WEIGHTS_ONLY = ("unitscope loads weights with torch.load(weights_only=True) and 
                 "from the file")
 
 
+class WeightsMismatch(ValueError):
+    """A state_dict whose keys or shapes do not fit the model."""
+
+
 class WeightsFetchError(RuntimeError):
     """Published or URL weights could not be fetched (network, 404, hash mismatch)."""
 
@@ -222,8 +226,9 @@ def _architecture(spec: ModelSpec):
 
 def check_weights_fit(spec: ModelSpec, path: str) -> None:
     """Check a state_dict file against the architecture without building either: the model on
-    the meta device, the file's tensors as shapes only (mmap). ValueError names every missing
-    and unexpected key (the first few) and every shape that differs."""
+    the meta device, the file's tensors as shapes only (mmap). WeightsMismatch names every
+    missing and unexpected key (the first few) and every shape that differs; a ValueError is the
+    architecture's own problem (a factory that raises, an export file refused)."""
     import torch
 
     if spec.kind == "export":
@@ -254,7 +259,7 @@ def check_weights_fit(spec: ModelSpec, path: str) -> None:
                ([f"unexpected keys {few(unexpected)}"] if unexpected else []) + \
                ([f"other shapes ({few(shapes)})"] if shapes else [])
     if problems:
-        raise ValueError(f"weights {path!r} do not fit model {spec.name!r}: {'; '.join(problems)}")
+        raise WeightsMismatch(f"weights {path!r} do not fit model {spec.name!r}: {'; '.join(problems)}")
 
 
 def factory_file(spec: ModelSpec) -> str | None:
