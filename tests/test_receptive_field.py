@@ -157,6 +157,20 @@ class TwoStrides(nn.Module):
         return self.c(self.a(x) + self.up(self.b(x)))
 
 
+class PaddedStrides(nn.Module):
+    """A stride-2 branch added to a stride-3 branch with so much padding that its border windows
+    lie wholly in the padding, one side of the image while the other branch's lie inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1, stride=2)
+        self.b = nn.Conv2d(3, 4, 1, stride=3, padding=6)
+        self.out = nn.Identity()
+
+    def forward(self, x):
+        return self.out(self.a(x) + self.b(x))
+
+
 class InceptionStem(nn.Module):
     """Inception-v3's stem (valid 3×3 convs, stride-2 max-pools)."""
 
@@ -239,20 +253,35 @@ class Crop(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    """A global pool gating every position: each position depends on the whole input."""
+    """A global pool gating every position: each position depends on the whole input
+    (theoretically); its local field is the convolution's 3×3. With `local` the gate is detached
+    (for the oracle: the gradient then flows through the local path only)."""
+
+    local = False
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
         self.gate = nn.Conv2d(4, 4, 1)
+        self.after = nn.Conv2d(4, 4, 3, padding=1)
 
     def forward(self, x):
         x = self.conv(x)
-        return x * self.gate(x.mean((2, 3), keepdim=True))
+        g = self.gate(x.mean((2, 3), keepdim=True))
+        return self.after(x * (g.detach() if self.local else g))
+
+
+def local_variant(model: nn.Module) -> nn.Module:
+    """The model with its global gates detached (where it has a `local` switch)."""
+    if not hasattr(model, "local"):
+        return model
+    m = copy.deepcopy(model)
+    m.local = True
+    return m
 
 
 class Shuffle(nn.Module):
-    """PixelShuffle: an op the walk has no rule for (the probe measures the field)."""
+    """PixelShuffle: a layout op (followed exactly by running it on element indices)."""
 
     def __init__(self):
         super().__init__()
@@ -262,6 +291,18 @@ class Shuffle(nn.Module):
 
     def forward(self, x):
         return self.b(self.shuffle(self.a(x)))
+
+
+class Cumulative(nn.Module):
+    """A cumulative sum down the rows: an op the walk has no rule for (the probe measures it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        return self.b(torch.cumsum(self.a(x), dim=2))
 
 
 def seq(*mods):
@@ -277,6 +318,7 @@ ZOO = {
     "adaptive avg pool 6 on 16x16": (seq(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(6),
                                          nn.Conv2d(4, 4, 3, padding=1)), (16, 16), ["1", "2"]),
     "stride-2 plus stride-3 branch": (TwoStrides(), (24, 24), ["c"]),
+    "stride-3 branch wholly in the padding": (PaddedStrides(), (23, 23), ["out"]),
     "3x3 dilation 2 padding 1": (seq(nn.Conv2d(3, 4, 3, dilation=2, padding=1),
                                      nn.Conv2d(4, 4, 3, dilation=2, padding=1)), (15, 15), ["0", "1"]),
     "inception-v3 stem": (InceptionStem(), (47, 47), ["c3", "p2"]),
@@ -294,8 +336,9 @@ ZOO = {
     "residual block": (Residual(), (16, 16), ["relu"]),
     "adaptive max-pool, non-divisible": (seq(nn.Conv2d(3, 4, 3), nn.AdaptiveMaxPool2d((5, 3))), (20, 17), ["1"]),
     "spatial slicing": (Crop(), (14, 14), ["after"]),
-    "squeeze-and-excitation gate": (SqueezeExcite(), (12, 12), [""]),
-    "pixel shuffle (probed)": (Shuffle(), (10, 10), ["b"]),
+    "squeeze-and-excitation gate": (SqueezeExcite(), (12, 12), ["", "conv"]),
+    "pixel shuffle": (Shuffle(), (10, 10), ["b"]),
+    "cumulative sum (probed)": (Cumulative(), (10, 10), ["b"]),
 }
 
 
@@ -306,11 +349,16 @@ def test_every_position_agrees_with_the_oracle_on_the_zoo(name):
     mods = {m or "model": m for m in modules}
     fields, _ = layer_fields(model, mods, size)  # the walk, checked by the probe everywhere
     for layer, module in mods.items():
-        want = oracle_boxes(model, module, size)
         f = fields[layer]
+        want_theory = oracle_boxes(model, module, size)
+        theory = np.where(f.theory >= EMPTY // 2, -1, f.theory)
+        theory[:, f.theory[0] >= EMPTY // 2] = -1
+        assert (theory == want_theory).all(), (name, layer, np.argwhere((theory != want_theory).any(0))[:3])
+        want = oracle_boxes(local_variant(model), module, size)
         support = np.where(f.support >= EMPTY // 2, -1, f.support)
         support[:, f.support[0] >= EMPTY // 2] = -1
         assert (support == want).all(), (name, layer, np.argwhere((support != want).any(0))[:3])
+        assert f.gated == (not np.array_equal(want, want_theory))
         # the display box, clipped to the image, holds the support (it adds only padding)
         d = f.boxes
         seen = want[0] >= 0
@@ -318,6 +366,12 @@ def test_every_position_agrees_with_the_oracle_on_the_zoo(name):
         assert (np.minimum(d[2], size[0])[seen] >= want[2][seen]).all()
         assert (np.maximum(d[1], 0)[seen] <= want[1][seen]).all()
         assert (np.minimum(d[3], size[1])[seen] >= want[3][seen]).all()
+        if "dilat" not in name:
+            # ... and only padding: where branches of different strides meet, a branch whose
+            # window lies wholly in the padding does not stretch the box over unseen pixels
+            clipped = np.stack([np.maximum(d[0], 0), np.maximum(d[1], 0),
+                                np.minimum(d[2], size[0]), np.minimum(d[3], size[1])])
+            assert (clipped[:, seen] == want[:, seen]).all(), (name, layer)
         if "probed" in name:
             assert f.method == "probe"
         else:
@@ -345,7 +399,7 @@ def test_non_affine_fields_say_so_and_affine_ones_give_size_stride_start():
     assert not up["rf_affine"] and pd.isna(up["rf_size"]) and up["rf_max_h"] == 3
     assert conv["rf_affine"] and (conv["rf_size"], conv["rf_stride"], conv["rf_start"]) == (3, 1, -1)
     rf = boxes["up"]
-    assert list(rf.columns) == ["y", "x", "y0", "x0", "y1", "x1"] and len(rf) == 32 * 32
+    assert list(rf.columns)[:6] == ["y", "x", "y0", "x0", "y1", "x1"] and len(rf) == 32 * 32
     # nearest ×2: output rows 2i and 2i+1 see the same input row i
     assert list(rf[rf["x"] == 5]["y0"][:6]) == [-1, -1, 0, 0, 1, 1]
 
@@ -357,7 +411,7 @@ def test_small_conv_pool_stack_matches_hand_computed_numbers():
     # conv3 p1: size 3, jump 1, start -1; pool2: size 4, jump 2; conv3: 8; conv5 s2 p2: 16, jump 4, start -5
     got = [(r.rf_size, r.rf_stride, r.rf_start) for r in table.itertuples()]
     assert got == [(3, 1, -1), (4, 2, -1), (8, 2, -1), (16, 4, -5)]
-    b = boxes["4"].set_index(["y", "x"]).loc[(2, 3)]
+    b = boxes["4"].set_index(["y", "x"])[["y0", "x0", "y1", "x1"]].loc[(2, 3)]
     assert tuple(b) == (-5 + 8, -5 + 12, -5 + 8 + 16, -5 + 12 + 16)
 
 
@@ -380,7 +434,7 @@ def test_the_command_line_writes_every_positions_box_as_the_workflow_does(tmp_pa
     assert "conv2" in capsys.readouterr().out
     for layer, (n, size, stride) in {"conv1": (110, 7, 2), "conv2": (26, 27, 8)}.items():
         b = pd.read_parquet(out / f"{layer}.parquet")
-        assert len(b) == n * n and list(b.columns) == ["y", "x", "y0", "x0", "y1", "x1"]
+        assert len(b) == n * n and list(b.columns)[:6] == ["y", "x", "y0", "x0", "y1", "x1"]
         assert ((b.y1 - b.y0) == size).all() and ((b.x1 - b.x0) == size).all()
         assert (b.y0 - b.y0.min() == stride * b.y).all() and (b.x0 - b.x0.min() == stride * b.x).all()
 

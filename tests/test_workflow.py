@@ -89,7 +89,8 @@ def test_every_contract_file_is_written_with_its_columns(run):
     for row in layers.itertuples():
         L = row.layer
         rf = pd.read_parquet(res / f"rf/{L}.parquet")
-        assert list(rf.columns) == ["y", "x", "y0", "x0", "y1", "x1"] and len(rf) == row.height * row.width
+        assert list(rf.columns) == ["y", "x", "y0", "x0", "y1", "x1", "ty0", "tx0", "ty1", "tx1",
+                                    "cy0", "cx0", "cy1", "cx1"] and len(rf) == row.height * row.width
         for shard, n in (("000", 8), ("001", 8)):
             with h5py.File(res / f"activations/{L}/shard-{shard}.h5") as f:
                 assert f["max"].shape == (n, row.channels) and f["max"].dtype == np.float32

@@ -55,7 +55,7 @@ def stored_batches(path: str | os.PathLike, shard: int, shards: int, manifest_sh
     manifest, its content digest recomputed as it is read (checked after the last batch)."""
     want = {"shard": shard, "shards": shards, "manifest_sha256": manifest_sha,
             "input_size": prep.input_size, "resize_size": prep.resize_size,
-            "resample": prep.resample}
+            "resample": prep.resample, "decode": prep.decode}
     with open_checked(path, "inputs", want) as f:
         ids = f["image_id"][:]
         digest.update("image_id", ids)

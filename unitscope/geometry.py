@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-class UnknownReceptiveField(Exception):
+class UnknownReceptiveField(ValueError):
     """The analytic walk met an operation whose effect on the field it cannot compute."""
 
 
@@ -74,6 +74,19 @@ def clipped(box: tuple[int, int, int, int],
     return (y0, x0, y1, x1) if y1 > y0 and x1 > x0 else None
 
 
+def resized_crop(width: int, height: int, resize_size: int, input_size: int
+                 ) -> tuple[int, int, int, int]:
+    """(new width, new height, left, top) of the reference preprocessing, with torchvision's
+    arithmetic: the shorter side resized to `resize_size`, the longer side to
+    int(resize_size · long / short) (truncated), then the centre crop's offsets
+    int(round((new − input_size) / 2)); a side shorter than the crop is resized up to it."""
+    short, long = min(width, height), max(width, height)
+    new_short, new_long = resize_size, int(resize_size * long / short)
+    nw, nh = (new_short, new_long) if width <= height else (new_long, new_short)
+    nw, nh = max(input_size, nw), max(input_size, nh)
+    return nw, nh, int(round((nw - input_size) / 2.0)), int(round((nh - input_size) / 2.0))
+
+
 def source_box(box: tuple[int, int, int, int], file_size: tuple[int, int],
                crop: tuple[int, int, int, int] | None, resize_size: int,
                input_size: int) -> tuple[float, float, float, float]:
@@ -82,9 +95,7 @@ def source_box(box: tuple[int, int, int, int], file_size: tuple[int, int],
     bottom), the resize of the shorter side to `resize_size`, the centre crop to `input_size`.
     `file_size` is the (width, height) of the image the manifest records (after the crop)."""
     w, h = file_size
-    s = resize_size / min(w, h)
-    nw, nh = max(input_size, round(w * s)), max(input_size, round(h * s))
-    left, top = (nw - input_size) // 2, (nh - input_size) // 2
+    nw, nh, left, top = resized_crop(w, h, resize_size, input_size)
     sx, sy = w / nw, h / nh
     ox, oy = (crop[0], crop[1]) if crop is not None else (0, 0)
     y0, x0, y1, x1 = box

@@ -39,12 +39,14 @@ class FirstCalls:
     `stop` is True. Use as a context manager; `run(model, x)` does one pass."""
 
     def __init__(self, model: nn.Module, modules: dict[str, str],
-                 seen: Callable[[str, torch.Tensor], None], stop: bool = True):
+                 seen: Callable[[str, torch.Tensor], None], stop: bool = True,
+                 any_shape: bool = False):
         named = dict(model.named_modules())
         missing = [m for m in modules.values() if m not in named]
         if missing:
             raise ValueError(f"the model has no module {missing[0]!r}")
         self.modules, self.seen, self.stop = dict(modules), seen, stop
+        self.any_shape = any_shape  # the raw output, whatever its shape (the field walk)
         self.done: set[str] = set()
         self.handles = [named[m].register_forward_hook(self._hook(layer, m))
                         for layer, m in self.modules.items()]
@@ -54,7 +56,12 @@ class FirstCalls:
             if layer in self.done:
                 return None  # a later call of the same module: not the layer's output
             self.done.add(layer)
-            self.seen(layer, check_output(layer, module, output))
+            if self.any_shape:
+                if not isinstance(output, torch.Tensor):
+                    check_output(layer, module, output)
+                self.seen(layer, output)
+            else:
+                self.seen(layer, check_output(layer, module, output))
             if self.stop and len(self.done) == len(self.modules):
                 raise StopForward
             return None

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, check_free_space
+from .geometry import resized_crop
 from .progress import Progress
 from .provenance import Digest, StaleFileError, file_sha256, open_checked, stamp
 
@@ -38,10 +39,11 @@ class Preprocessing:
     resize_size: int
     input_size: int
     resample: str = "bicubic"
+    decode: str = "full"  # full: what the reference preprocessing sees; fast: JPEG draft decode
 
     @classmethod
     def of(cls, spec) -> "Preprocessing":
-        return cls(spec.resize_size, spec.input_size, spec.resample)
+        return cls(spec.resize_size, spec.input_size, spec.resample, getattr(spec, "decode", "full"))
 
 
 def shard_range(n_images: int, shard: int, shards: int) -> tuple[int, int]:
@@ -109,22 +111,24 @@ def _decode(row, prep: Preprocessing) -> np.ndarray:
     else:
         im = _upright_rgb(row, prep)
     w, h = im.size
-    s = prep.resize_size / min(w, h)
     n = prep.input_size
-    nw, nh = max(n, round(w * s)), max(n, round(h * s))
+    nw, nh, left, top = resized_crop(w, h, prep.resize_size, n)
     if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), RESAMPLE[prep.resample], reducing_gap=3.0)
-    left, top = (nw - n) // 2, (nh - n) // 2
+        # full: Pillow's antialiased resize over all pixels, as torchvision's Resize does;
+        # fast: a box reduction first down to 3x the size (Pillow's reducing_gap)
+        im = im.resize((nw, nh), RESAMPLE[prep.resample],
+                       reducing_gap=3.0 if prep.decode == "fast" else None)
     return np.asarray(im, dtype=np.uint8)[top:top + n, left:left + n]
 
 
 def _upright_rgb(row, prep: Preprocessing | None):
-    """The image a row names, EXIF-oriented, as RGB; a JPEG decoded at the smallest scale that
-    still leaves `prep`'s resize enough pixels (None: full size)."""
+    """The image a row names, EXIF-oriented, as RGB. With `decode: fast` a JPEG is decoded at the
+    smallest scale (1/2 … 1/8) that still leaves `prep`'s resize enough pixels; otherwise (and
+    for None) at full size, as the model's reference preprocessing sees it."""
     from PIL import Image, ImageOps
 
     with _opened(row) as fh, Image.open(fh) as im:
-        if prep is not None and im.format == "JPEG":
+        if prep is not None and prep.decode == "fast" and im.format == "JPEG":
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still leaves enough pixels.
             w, h = im.size
             s = prep.resize_size / min(w, h)
@@ -220,7 +224,7 @@ def write_inputs(manifest_path: str | os.PathLike, out_path: str | os.PathLike, 
         stamp(f, "inputs", shard=shard, shards=shards, first_id=int(ids[0]) if len(ids) else -1,
               n_images=len(ids), manifest_sha256=file_sha256(manifest_path),
               resize_size=prep.resize_size, input_size=n, resample=prep.resample,
-              content_sha=digest.hexdigest())
+              decode=prep.decode, content_sha=digest.hexdigest())
     log.info("inputs shard %d: %d images", shard, len(rows))
     return len(rows)
 
@@ -284,7 +288,7 @@ class StoredImages(ImageSource):
         self._files: dict[str, h5py.File] = {}
         self.input_size = prep.input_size
         want = {"manifest_sha256": file_sha256(manifest_path), "input_size": prep.input_size,
-                "resize_size": prep.resize_size, "resample": prep.resample,
+                "resize_size": prep.resize_size, "resample": prep.resample, "decode": prep.decode,
                 "shards": len(input_paths)}
         for i, p in enumerate(input_paths):
             with open_checked(p, "inputs", {**want, "shard": i}) as f:

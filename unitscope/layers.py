@@ -1,8 +1,13 @@
 """The layer table: for each configured layer, its output shape and receptive field. It answers
 "how big is a unit's patch in layer L" and needs no data.
 
-`layers.parquet`, one row per layer: layer, module, channels, height, width, units (= channels),
-activations (= C×H×W), input_h, input_w (the network's input), rf_method (`analytic`: followed op
+`layers.parquet`, one row per layer: layer, module, layout (`nchw`; `nhwc` for channels-last
+blocks; `tokens` for a transformer's N×T×C, whose patch tokens fill the height×width grid from
+token `first_token` on), channels, height, width, units (= channels), activations (= C×H×W),
+input_h, input_w (the network's input), rf_gated (True where a global gate — squeeze-and-
+excitation, a global attention pool — also lets the whole image modulate the unit: the boxes are
+then the *local* field, through spatially local paths, and rf_theory_max_h/_w give the largest
+theoretical box), rf_cell (True for token layers whose token cell differs from the field), rf_method (`analytic`: followed op
 by op and checked against the probe at every position; `probe`: measured, where the walk met an op
 it has no rule for), rf_affine (True where every position's box is start + stride·position), the
 affine summary rf_size, rf_stride, rf_offset (input-pixel centre of position 0; pixel i spans
@@ -10,7 +15,10 @@ affine summary rf_size, rf_stride, rf_offset (input-pixel centre of position 0; 
 rf_start_x for columns (empty where not affine), and rf_max_h, rf_max_w (the largest box).
 
 `rf/L.parquet`, one row per feature position in row-major order: y, x, y0, x0, y1, x1 (the box in
-input pixels, end-exclusive, not clipped: it reaches into the padding where the field does)."""
+input pixels, end-exclusive, not clipped: it reaches into the padding where the field does), then
+ty0, tx0, ty1, tx1 (the theoretical field's support: the same as the box's where nothing gates the
+unit) and cy0, cx0, cy1, cx1 (the token's cell: the support through the query side of attention
+only; the same as the theoretical support in networks without attention)."""
 from __future__ import annotations
 
 import logging
@@ -24,25 +32,38 @@ from .geometry import affine_of
 
 log = logging.getLogger("unitscope")
 RF_COLUMNS = ["y", "x", "y0", "x0", "y1", "x1"]
+EXTRA_COLUMNS = ["ty0", "tx0", "ty1", "tx1", "cy0", "cx0", "cy1", "cx1"]
 
 
-def layer_table(model, modules: dict[str, str], input_size: tuple[int, int], probe: bool = True
+def layer_table(model, modules: dict[str, str], input_size: tuple[int, int], probe: bool = True,
+                layouts: dict[str, str] | None = None
                 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """The table and the per-position boxes of each layer (layer name -> module path) of any model."""
+    """The table and the per-position boxes of each layer (layer name -> module path) of any model;
+    `layouts` names the layout of layers whose fields cannot tell it."""
     from .receptive_field import EMPTY, layer_fields
 
-    fields, shapes = layer_fields(model, modules, input_size, probe)
+    fields, shapes = layer_fields(model, modules, input_size, probe, layouts)
     rows, boxes = [], {}
     for layer, module in modules.items():
         c, h, w = shapes[layer]
         f = fields[layer]
-        b = f.boxes.copy()
-        b[:, b[0] >= EMPTY // 2] = 0  # a position that sees no pixel at all (rare): an empty box
-        boxes[layer] = rf_frame(b)
+
+        def no_pixel(a):
+            a = a.copy()
+            a[:, a[0] >= EMPTY // 2] = 0  # a position that sees no pixel at all (rare): an empty box
+            return a
+        b = no_pixel(f.boxes)
+        theory = no_pixel(f.theory)
+        cell = no_pixel(f.cell if f.cell is not None else f.theory)
+        boxes[layer] = rf_frame(b, theory, cell)
         affine = affine_of(b, f.jump)
-        row = {"layer": layer, "module": module, "channels": c, "height": h, "width": w,
+        row = {"layer": layer, "module": module, "layout": f.view.layout,
+               "first_token": f.view.first_token, "channels": c, "height": h, "width": w,
                "units": c, "activations": c * h * w, "input_h": input_size[0],
-               "input_w": input_size[1], "rf_method": f.method, "rf_affine": affine is not None}
+               "input_w": input_size[1], "rf_gated": f.gated, "rf_cell": f.cell is not None,
+               "rf_theory_max_h": int((theory[2] - theory[0]).max()),
+               "rf_theory_max_w": int((theory[3] - theory[1]).max()),
+               "rf_method": f.method, "rf_affine": affine is not None}
         for suffix, ax in (("", "y"), ("_x", "x")):
             a = getattr(affine, ax) if affine is not None else None
             row[f"rf_size{suffix}"] = a.size if a else None
@@ -62,13 +83,18 @@ def layer_table(model, modules: dict[str, str], input_size: tuple[int, int], pro
     return table, boxes
 
 
-def rf_frame(boxes: np.ndarray) -> pd.DataFrame:
-    """(4, H, W) boxes as the rf table: y, x, y0, x0, y1, x1 in row-major order."""
+def rf_frame(boxes: np.ndarray, theory: np.ndarray | None = None, cell: np.ndarray | None = None
+             ) -> pd.DataFrame:
+    """(4, H, W) boxes as the rf table: y, x, y0, x0, y1, x1 in row-major order, then the
+    theoretical support and the cell (each the box's own where not given)."""
     _, h, w = boxes.shape
     ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    return pd.DataFrame({"y": ys.ravel(), "x": xs.ravel(), "y0": boxes[0].ravel(),
-                         "x0": boxes[1].ravel(), "y1": boxes[2].ravel(), "x1": boxes[3].ravel()}
-                        ).astype("int64")
+    cols = {"y": ys.ravel(), "x": xs.ravel()}
+    for prefix, b in (("", boxes), ("t", theory if theory is not None else boxes),
+                      ("c", cell if cell is not None else boxes)):
+        for i, name in enumerate(("y0", "x0", "y1", "x1")):
+            cols[prefix + name] = b[i].ravel()
+    return pd.DataFrame(cols).astype("int64")
 
 
 def read_boxes(path: str | os.PathLike, height: int, width: int) -> np.ndarray:
@@ -92,6 +118,10 @@ def format_table(table: pd.DataFrame) -> str:
         else:
             size, stride, offset = f"≤{r.rf_max_h}×{r.rf_max_w}", "-", "-"
         kind = ("affine" if r.rf_affine else "per position") + (", probed" if r.rf_method == "probe" else "")
+        if getattr(r, "rf_gated", False):
+            kind += f", gated by the whole image (theoretical ≤{r.rf_theory_max_h}×{r.rf_theory_max_w} px)"
+        if getattr(r, "layout", "nchw") != "nchw":
+            kind += f", {r.layout}"
         lines.append(f"{r.layer:<12} {r.module:<16} {f'{r.channels}×{r.height}×{r.width}':>16} "
                      f"{r.units:>6} {size + ' px':>11} {stride:>6} {offset:>7}  {kind}")
     return "\n".join(lines)

@@ -533,6 +533,24 @@ def _check_dataset_folder(layout: Layout, identity: dict, id_given: bool) -> Non
                     f"remove {layout.data}")
 
 
+def _check_layouts(net, modules: dict[str, str], size: int) -> None:
+    """The pipeline's stages read N×C×H×W maps: a channels-last or token layer (which the layer
+    table reads, `python -m unitscope layers`) is refused by name rather than misread."""
+    from .hooks import LayerOutputError
+    from .receptive_field import Traced, find_view, trace_tensors
+
+    traced, shapes = trace_tensors(net, modules, (size, size))
+    for layer, f in traced.items():
+        if isinstance(f, Traced):
+            view = find_view(layer, f.kind("cell").planes, (1, *shapes[layer]))
+            if view.layout != "nchw":
+                what = {"nhwc": "channels-last (N×H×W×C)", "tokens": "token (N×T×C)"}[view.layout]
+                raise LayerOutputError(
+                    f"layer {layer!r} (module {modules[layer]!r}) is a {what} layer: "
+                    f"`python -m unitscope layers` gives its units and fields, but the pipeline's "
+                    f"stages read N×C×H×W maps only; choose a layer of N×C×H×W feature maps")
+
+
 def _describe(spec: ModelSpec, model_cfg: ModelConfig, layers: list[str], projection: str):
     """Build the model once (random weights) to resolve module paths, check that each layer's
     module makes one feature map, count its channels, and for a model of the user's own check
@@ -554,6 +572,7 @@ def _describe(spec: ModelSpec, model_cfg: ModelConfig, layers: list[str], projec
     try:
         modules = resolve_layers(spec, layers, model=net)
         shapes = feature_sizes(net, modules, (spec.input_size, spec.input_size))
+        _check_layouts(net, modules, spec.input_size)
     except (LayerOutputError, ValueError) as e:
         raise PlanError(f"config key 'layers': {e}") from None
     except RuntimeError as e:

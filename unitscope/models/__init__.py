@@ -26,6 +26,9 @@ class WeightsFetchError(RuntimeError):
     """Published or URL weights could not be fetched (network, 404, hash mismatch)."""
 
 
+DECODES = ("full", "fast")  # how images are decoded: the reference way, or JPEG draft mode
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything unitscope needs to know about one model."""
@@ -46,6 +49,7 @@ class ModelSpec:
     deconvnet: bool = False             # only conv/ReLU/max-pool/LRN: Zeiler & Fergus's deconvnet applies
     classifier: str | None = None       # module path of the final nn.Linear (class logits)
     trust_code: bool = False            # read an export file with torch.export.load (may run its code)
+    decode: str = "full"                # full: the reference decode; fast: JPEG draft mode (1/2..1/8)
 
     @property
     def has_published_weights(self) -> bool:
@@ -137,6 +141,7 @@ class ModelConfig:
     resize_size: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    decode: str = "full"
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -176,8 +181,11 @@ class ModelConfig:
         else:
             raise ValueError(f"model.name {self.name!r} is not a built-in model; valid: "
                              f"{', '.join(MODELS)} (or model.python / model.export)")
+        if self.decode not in DECODES:
+            raise ValueError(f"model.decode {self.decode!r}: valid: {', '.join(DECODES)}")
         changes: dict = {k: v for k, v in (("input_size", self.input_size), ("mean", self.mean),
                                            ("std", self.std)) if v}
+        changes["decode"] = self.decode
         if self.resize_size or self.input_size:
             changes["resize_size"] = self.resize_size or round((self.input_size or spec.input_size) / 0.875)
         return dataclasses.replace(spec, **changes)

@@ -32,10 +32,12 @@ probe's at every position (else a one-line error naming the layer, the position 
 where the walk does not, the probe's boxes are the field (display box = support)."""
 from __future__ import annotations
 
+from .boxes import EMPTY, Boxes
 from .compare import FieldMismatch, LayerField, feature_sizes, layer_fields
-from .fields import EMPTY, Field, Unknown
-from .probe import probe_supports
-from .walk import trace_fields
+from .layout import LAYOUTS, LayerView, find_view
+from .probe import probe_elements
+from .walk import Traced, Unknown, trace_tensors
 
-__all__ = ["EMPTY", "Field", "FieldMismatch", "LayerField", "Unknown", "feature_sizes",
-           "layer_fields", "probe_supports", "trace_fields"]
+__all__ = ["EMPTY", "Boxes", "FieldMismatch", "LAYOUTS", "LayerField", "LayerView", "Traced",
+           "Unknown", "feature_sizes", "find_view", "layer_fields", "probe_elements",
+           "trace_tensors"]

@@ -1,6 +1,7 @@
-"""Both together: the walk's support must equal the probe's at every position of a layer (else a
-one-line error naming the layer, the position and both boxes); where the walk cannot follow a
-layer, the probe's boxes are its field (display box = support)."""
+"""Both together: the walk's support must equal the probe's at every position of a layer, for each
+kind of field the layer has (else a one-line error naming the layer, the kind, the position and
+both boxes); where the walk cannot follow a layer, the probe's boxes are its field (display box =
+support)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,21 +12,37 @@ import torch
 from torch import nn
 
 from ..geometry import UnknownReceptiveField
-from .fields import EMPTY, Unknown
-from .probe import probe_supports
-from .walk import trace_fields
+from .boxes import EMPTY
+from .layout import LayerView, find_view
+from .probe import probe_elements
+from .walk import Traced, Unknown, trace_tensors
 
 
 @dataclass
 class LayerField:
-    """A layer's field: `boxes` (4, H, W) display boxes, `support` (4, H, W), `method` (analytic
-    or probe) and, for probe fields, the reason the walk stopped."""
+    """A layer's field per position (4, H, W arrays of y0, x0, y1, x1): `boxes` and `support`
+    are the local field's display box and support (what patches are cut to); `theory` and
+    `theory_boxes` the theoretical field (differs where global gates modulate the unit); `cell`
+    the token's cell (None where it equals the local field). `method` is analytic or probe."""
 
     boxes: np.ndarray
     support: np.ndarray
     method: str
     reason: str = ""
     jump: tuple[int | None, int | None] = (None, None)
+    theory: np.ndarray | None = None
+    theory_boxes: np.ndarray | None = None
+    cell: np.ndarray | None = None
+    view: LayerView = LayerView()
+
+    def __post_init__(self):
+        if self.theory is None:
+            self.theory, self.theory_boxes = self.support, self.boxes
+
+    @property
+    def gated(self) -> bool:
+        """Whether the whole image also modulates the unit through global gates."""
+        return not np.array_equal(self.theory, self.support)
 
 
 class FieldMismatch(ValueError):
@@ -33,29 +50,62 @@ class FieldMismatch(ValueError):
 
 
 def layer_fields(model: nn.Module, modules: dict[str, str], input_size: tuple[int, int],
-                 probe: bool = True) -> tuple[dict[str, LayerField], dict[str, tuple[int, int, int]]]:
-    """Each layer's field and output shape. With `probe`, the walk's support is checked against
-    the probe's at every position; layers the walk cannot follow take the probe's boxes."""
-    fields, shapes = trace_fields(model, modules, input_size)
-    unknown = {layer for layer, f in fields.items() if isinstance(f, Unknown)}
+                 probe: bool = True, layouts: dict[str, str] | None = None
+                 ) -> tuple[dict[str, LayerField], dict[str, tuple[int, int, int]]]:
+    """Each layer's field and output shape (C, H, W as the layer's view reads it). With
+    `probe`, the walk's support is checked against the probe's at every position, for every kind
+    of field that differs from the local one; layers the walk cannot follow take the probe's."""
+    layouts = layouts or {}
+    traced, raw_shapes = trace_tensors(model, modules, input_size)
+    unknown = {layer for layer, f in traced.items() if isinstance(f, Unknown)}
     if not probe and unknown:
         layer = sorted(unknown)[0]
-        raise UnknownReceptiveField(f"layer {layer}: {fields[layer].reason} (the probe is off)")
-    probed = probe_supports(model, modules, input_size) if probe else {}
-    result = {}
-    for layer, f in fields.items():
-        if isinstance(f, Unknown):
-            support = probed[layer]
-            result[layer] = LayerField(support, support, "probe", f.reason)
-            continue
-        if probe:
-            _check(layer, modules[layer], f.support, probed[layer])
-        jump = tuple(int(j) if j.denominator == 1 else None for j in f.jump)
-        result[layer] = LayerField(f.display, f.support, "analytic", jump=jump)
+        raise UnknownReceptiveField(f"layer {layer}: {traced[layer].reason} (the probe is off)")
+    image_hw = tuple(input_size)
+    views, walked = {}, {}
+    for layer, f in traced.items():
+        if isinstance(f, Traced):
+            shape = (1, *raw_shapes[layer])
+            views[layer] = find_view(layer, f.kind("cell").planes, shape, layouts.get(layer))
+            v = views[layer]
+            walked[layer] = {k: v.positions(f.kind(k).planes, shape, image_hw)
+                             for k in ("theory", "local", "cell")}
+    kinds = ["local"]
+    if unknown or any(not np.array_equal(w["theory"][:4], w["local"][:4]) for w in walked.values()):
+        kinds.append("theory")
+    if unknown or any(views[lay].layout == "tokens" or not np.array_equal(w["cell"][:4], w["local"][:4])
+                      for lay, w in walked.items()):
+        kinds.append("cell")
+    probed = probe_elements(model, modules, input_size, tuple(kinds)) if probe else {}
+    result, shapes = {}, {}
+    for layer in modules:
+        shape = (1, *raw_shapes[layer])
+        if layer in unknown:
+            views[layer] = find_view(layer, probed["cell"][layer], shape, layouts.get(layer))
+            v = views[layer]
+            sup = {k: v.positions(probed[k][layer], shape, image_hw) for k in ("theory", "local", "cell")}
+            cell = sup["cell"] if not np.array_equal(sup["cell"], sup["local"]) else None
+            result[layer] = LayerField(sup["local"], sup["local"], "probe", traced[layer].reason,
+                                       theory=sup["theory"], theory_boxes=sup["theory"],
+                                       cell=cell, view=v)
+        else:
+            w, v = walked[layer], views[layer]
+            if probe:
+                for kind in kinds:
+                    _check(layer, modules[layer], kind, w[kind][:4],
+                           v.positions(probed[kind][layer], shape, image_hw))
+            jump = tuple(int(j) if j.denominator == 1 else None for j in traced[layer].jump)
+            cell = w["cell"][:4] if not np.array_equal(w["cell"][:4], w["local"][:4]) else None
+            if v.layout != "nchw":
+                jump = (None, None) if v.layout == "tokens" else jump
+            result[layer] = LayerField(w["local"][4:], w["local"][:4], "analytic", jump=jump,
+                                       theory=w["theory"][:4], theory_boxes=w["theory"][4:],
+                                       cell=cell, view=v)
+        shapes[layer] = views[layer].hw(raw_shapes[layer])
     return result, shapes
 
 
-def _check(layer: str, module: str, walk: np.ndarray, probed: np.ndarray) -> None:
+def _check(layer: str, module: str, kind: str, walk: np.ndarray, probed: np.ndarray) -> None:
     empty_w, empty_p = walk[0] >= EMPTY // 2, probed[0] >= EMPTY // 2
     differ = (walk != probed).any(0) & ~(empty_w & empty_p)
     if differ.any():
@@ -63,8 +113,10 @@ def _check(layer: str, module: str, walk: np.ndarray, probed: np.ndarray) -> Non
 
         def show(b, e):
             return "nothing" if e[y, x] else f"{tuple(int(v) for v in b[:, y, x])}"
+        what = {"local": "receptive field", "theory": "theoretical receptive field",
+                "cell": "token cell"}[kind]
         raise FieldMismatch(
-            f"receptive field of layer {layer} (module {module}) at position ({y}, {x}): the "
+            f"{what} of layer {layer} (module {module}) at position ({y}, {x}): the "
             f"walk finds {show(walk, empty_w)} but the probe {show(probed, empty_p)} "
             f"(y0, x0, y1, x1; {int(differ.sum())} positions differ)")
 

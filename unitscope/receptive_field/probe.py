@@ -1,9 +1,15 @@
-"""The probe: no rules, only a forward pass. The network is made linear and positive (every
-convolution an all-ones kernel, max-pooling an average over the same window, activations and
-normalisations the identity, float64) and fed threshold images, 1 on the rows above row r (or
-below, or the columns left/right of a column). A position's output is then positive exactly when
-its support reaches past the threshold, so counting the zero outputs over all thresholds gives
-every position's support box at once, in 2·(H+W) forward passes and no backward pass."""
+"""The probe: no rules for positions, only forward passes. The network is made a network of "or"s
+on 0/1 values: every convolution, linear map and matrix product outputs 1 wherever any input it
+weighs is 1 (a max over its window and channels), max- and average-pooling a max over the same
+window, activations and normalisations the identity, attention the max over its query, keys and
+values, layout ops run as they are. It is fed threshold images, 1 on the rows above row r (or
+below, or the columns left/right of a column). An element's output is then 1 exactly when its
+support reaches past the threshold, so counting over all thresholds gives every element's support
+box, in 2·(H+W) forward passes of cheap ops (maxima, in float32, which is exact for 0 and 1) and no
+backward pass.
+
+Three kinds, as in the walk: `theory` (every path), `local` (an operand 1×1 over space broadcast
+back over the positions — a gate — is a constant), `cell` (also attention keeps only its query)."""
 from __future__ import annotations
 
 import weakref
@@ -16,35 +22,32 @@ from torch.overrides import TorchFunctionMode
 
 from ..geometry import UnknownReceptiveField
 from ..hooks import FirstCalls
-from .fields import EMPTY
-from .ops import _CONVS, _MAX_POOLS, _op_name, _pair, _tensors, call_arg
+from .boxes import EMPTY, compress
+from .ops import _ADAPTIVE, _AVG_POOLS, _CONVS, _MAX_POOLS, _op_name, _pair, _tensors, call_arg
+from .walk import ATTENTION, CONSTANT, DIMS_ONLY, LAYOUT, MATMUL, POINTWISE, SOFTMAX
+
+_REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp",
+           "nansum", "nanmean", "prod", "linalg_vector_norm"}
+_IDENTITY = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "sigmoid", "sigmoid_", "tanh",
+             "tanh_", "gelu", "gelu_", "silu", "silu_", "leaky_relu", "leaky_relu_", "elu",
+             "elu_", "selu", "celu", "mish", "hardswish", "hardswish_", "hardsigmoid",
+             "hardsigmoid_", "softplus", "exp", "log", "sqrt", "rsqrt", "neg", "abs", "square",
+             "pow", "clamp", "clamp_", "clamp_min", "clamp_max", "clip", "threshold",
+             "threshold_", "erf", "reciprocal", "sign", "batch_norm", "instance_norm",
+             "group_norm", "layer_norm", "local_response_norm", "dropout", "dropout_",
+             "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "dropout2d",
+             "nan_to_num", "masked_fill", "masked_fill_"}
+_TUPLE_NORMS = {"native_batch_norm": 3, "_native_batch_norm_legit": 3,
+                "_native_batch_norm_legit_no_training": 3, "native_layer_norm": 3,
+                "native_group_norm": 3, "native_dropout": 2}
 
 
-class _PositiveLinear(TorchFunctionMode):
-    """Makes a network linear and positive on float64 inputs: convolutions all-ones kernels of the
-    same geometry (one output channel when `one_channel`), max-pooling an average over the same
-    window, activations and normalisations the identity, sums and products of two feature maps a
-    sum, a parameter that scales a feature map its absolute value, any other op run as it is."""
+class _OrNetwork(TorchFunctionMode):
+    """Runs a network as "or"s of 0/1 features (see the module docstring) for one kind."""
 
-    _IDENTITY = {
-        "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "silu",
-        "silu_", "gelu", "sigmoid", "sigmoid_", "hardswish", "hardswish_", "hardsigmoid",
-        "hardsigmoid_", "elu", "elu_", "selu", "celu", "mish", "tanh", "tanh_", "softplus",
-        "dropout", "dropout_", "feature_dropout", "alpha_dropout", "feature_alpha_dropout",
-        "dropout2d", "batch_norm", "group_norm", "layer_norm", "instance_norm",
-        "local_response_norm", "abs", "neg", "exp", "log", "sqrt", "rsqrt", "square", "clamp",
-        "clamp_", "clamp_min", "clamp_max", "clip", "threshold", "threshold_", "contiguous",
-        "clone", "detach", "prelu", "softmax", "_softmax", "log_softmax", "_log_softmax", "pow",
-    }
-    _TUPLE_NORMS = {"native_batch_norm": 3, "_native_batch_norm_legit": 3,
-                    "_native_batch_norm_legit_no_training": 3, "native_layer_norm": 3,
-                    "native_group_norm": 3, "native_dropout": 2}
-    _ARITH = {"add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "true_divide",
-              "maximum", "minimum", "where"}
-
-    def __init__(self, x: torch.Tensor, one_channel: bool):
+    def __init__(self, x: torch.Tensor, kind: str):
         super().__init__()
-        self.one_channel = one_channel
+        self.kind = kind
         self.features: set[int] = set()
         self._mark(x)
 
@@ -55,72 +58,81 @@ class _PositiveLinear(TorchFunctionMode):
                 self.features.add(key)
                 weakref.finalize(tensor, self.features.discard, key)
 
-    def _is_feature(self, t) -> bool:
+    def _is(self, t) -> bool:
         return isinstance(t, torch.Tensor) and id(t) in self.features
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if not any(self._is_feature(t) for t in _tensors(args) + _tensors(kwargs)):
+        name = _op_name(func)
+        if name in CONSTANT or not any(self._is(t) for t in _tensors(args) + _tensors(kwargs)):
             return func(*args, **kwargs)
-        out = self._replace(_op_name(func), func, args, kwargs)
+        out = self._replace(name, func, args, kwargs)
         self._mark(out)
         return out
 
-    def _positive(self, v):
-        """Non-feature tensors as float64 absolute values, features as they are."""
-        if isinstance(v, torch.Tensor) and not self._is_feature(v) and v.is_floating_point():
-            return v.detach().abs().double()
+    def _zeros_for_constants(self, v):
+        if isinstance(v, torch.Tensor) and not self._is(v) and v.is_floating_point():
+            return torch.zeros(v.shape, dtype=torch.float32)
         if isinstance(v, (list, tuple)):
-            return type(v)(self._positive(i) for i in v)
+            return type(v)(self._zeros_for_constants(i) for i in v)
         return v
 
     def _replace(self, name, func, args, kwargs):
-        x = args[0] if args else None
-        if name in self._IDENTITY:
-            return x if x is not None else kwargs["input"]
-        if name in self._TUPLE_NORMS:
-            return (x,) + tuple(torch.empty(0, dtype=x.dtype) for _ in range(self._TUPLE_NORMS[name] - 1))
-        if name in _CONVS:
+        x = args[0] if args else kwargs.get("input")
+        if name in _IDENTITY or name in ("contiguous", "clone", "detach", "alias", "lift_fresh",
+                                         "requires_grad_"):
+            return x
+        if name in ("to", "_to_copy", "float", "double", "half", "bfloat16", "type_as", "type"):
+            return x
+        if name in _TUPLE_NORMS:
+            return (x,) + tuple(torch.empty(0) for _ in range(_TUPLE_NORMS[name] - 1))
+        if name in _CONVS and self._is(call_arg(args, kwargs, 0, "input")):
             return self._conv(name, args, kwargs)
         aten = hasattr(func, "overloadpacket")
-        if name in _MAX_POOLS:
-            out = self._max_pool(args, kwargs)
-            indices = name.endswith("indices") or (not aten and call_arg(args, kwargs, 6, "return_indices", False))
+        if name.endswith(("3d", "3d_with_indices")) and (name in _MAX_POOLS or name in _AVG_POOLS):
+            return func(*args, **kwargs)  # over channels too (LRN's decomposition): 0/1 in, >= 0 out
+        if name in _MAX_POOLS or name in _AVG_POOLS:
+            out = self._pool(name, args, kwargs)
+            indices = name.endswith("indices") or (not aten and name in _MAX_POOLS and
+                                                   call_arg(args, kwargs, 6, "return_indices", False))
             return (out, torch.zeros(out.shape, dtype=torch.long)) if indices else out
-        if name in ("adaptive_max_pool2d", "adaptive_max_pool3d"):
-            out = F.adaptive_avg_pool2d(x, call_arg(args, kwargs, 1, "output_size"))
-            indices = aten or call_arg(args, kwargs, 2, "return_indices", False)
+        if name in _ADAPTIVE:
+            lean = _lean(x)
+            out = F.adaptive_max_pool2d(lean.reshape(-1, 1, *lean.shape[-2:]), call_arg(args, kwargs, 1, "output_size"))
+            out = out.reshape(*lean.shape[:-2], *out.shape[-2:]).expand(*x.shape[:-2], *out.shape[-2:])
+            indices = name == "adaptive_max_pool2d" and (aten or call_arg(args, kwargs, 2, "return_indices", False))
             return (out, torch.zeros(out.shape, dtype=torch.long)) if indices else out
-        if name in ("amax", "max", "amin", "min") and len(args) + len(kwargs) > 1:
-            dim = call_arg(args, kwargs, 1, "dim")
-            keep = call_arg(args, kwargs, 2, "keepdim", False)
-            out = x.sum(dim=dim, keepdim=keep)
-            return out if name.startswith("a") else (out, torch.zeros(out.shape, dtype=torch.long))
-        if name in self._ARITH:
-            tensors = [a for a in args[:2] if isinstance(a, torch.Tensor)]
-            feats = [a for a in tensors if self._is_feature(a)]
-            if name == "where":
-                feats = [a for a in args[1:3] if self._is_feature(a)]
-                others = [a for a in args[1:3] if isinstance(a, torch.Tensor) and not self._is_feature(a)]
-                out = feats[0] if len(feats) == 1 else feats[0] + feats[1]
-                return out + torch.zeros_like(others[0], dtype=out.dtype) if others else out
-            if len(feats) == 2:
-                return feats[0] + feats[1]
-            feat = feats[0]
-            other = next((a for a in tensors if not self._is_feature(a)), None)
-            if other is None:  # a Python scalar: scaling keeps the support, shifting is dropped
-                if name in ("mul", "mul_", "div", "div_", "true_divide") and args[1] == 0 and \
-                        name.startswith("mul"):
-                    return feat * 0
-                return feat
-            other = other.detach().abs().double()
-            if name.startswith(("mul",)):
-                return feat * other
-            if name.startswith(("div", "true_divide")) and feat is args[0]:
-                return feat * torch.where(other > 0, 1.0 / other.clamp_min(1e-300), 0.0)
-            return feat + torch.zeros_like(other)  # add/sub of a constant: the support only
-        return func(*self._positive(args), **{k: self._positive(v) for k, v in kwargs.items()})
+        if name in ("pad", "constant_pad_nd"):
+            mode = (call_arg(args, kwargs, 2, "mode", "constant") if name == "pad" else "constant") or "constant"
+            pad = list(call_arg(args, kwargs, 1, "pad"))
+            shape = list(x.shape)
+            for i in range(len(pad) // 2):
+                shape[-1 - i] += pad[2 * i] + pad[2 * i + 1]
+            lean = _lean(x)
+            if any(lean.shape[-1 - i] != x.shape[-1 - i] for i in range(len(pad) // 2)):
+                lean = x  # a padded axis is a broadcast one: pad it as it is
+            out = F.pad(lean, pad, mode, **({"value": 0.0} if mode == "constant" else {}))
+            return out.expand(shape)
+        if name in DIMS_ONLY or name in LAYOUT:
+            return func(*self._zeros_for_constants(args),
+                        **{k: self._zeros_for_constants(v) for k, v in kwargs.items()})
+        if name in SOFTMAX:
+            d = call_arg(args, kwargs, 1, "dim")
+            return _lean(x).amax(d if d is not None else -1, keepdim=True).expand(x.shape)
+        if name in _REDUCE:
+            return self._reduce(name, args, kwargs, x)
+        if name in POINTWISE:
+            return self._pointwise(name, args, kwargs)
+        if name in MATMUL:
+            return self._matmul(name, args, kwargs)
+        if name in ATTENTION:
+            return self._attention(name, args, kwargs)
+        if name in ("interpolate", "upsample_nearest2d", "_upsample_nearest_exact2d",
+                    "upsample_bilinear2d", "upsample_bicubic2d"):
+            return (func(*args, **kwargs).abs() > 0).float()
+        return func(*args, **kwargs)  # an op with no "or" form: run as it is on 0/1 values
 
+    # windows ------------------------------------------------------------------------------
     def _conv(self, name, args, kwargs):
         x = call_arg(args, kwargs, 0, "input")
         weight = call_arg(args, kwargs, 1, "weight")
@@ -141,38 +153,47 @@ class _PositiveLinear(TorchFunctionMode):
             stride, padding = call_arg(args, kwargs, 3, "stride", 1), call_arg(args, kwargs, 4, "padding", 0)
             dilation = call_arg(args, kwargs, 5, "dilation", 1)
             groups = call_arg(args, kwargs, 6, "groups", 1)
+        groups = int(groups or 1)
         kh, kw = weight.shape[-2:]
-        if self.one_channel and not transposed:
+        cout = weight.shape[1] * groups if transposed else weight.shape[0]
+        n, cin = x.shape[:2]
+        # each output channel sees every input channel of its group; channels that are copies of
+        # one (a stride-0 view: every channel of a plain convolution's output) are computed once
+        x = _lean(x)
+        if x.shape[1] == 1:
+            g = x
+        else:
+            g = x.reshape(n, groups, cin // groups, *x.shape[2:]).amax(2) if groups > 1 else x.amax(1, keepdim=True)
+        dh, dw = _pair(dilation, (1, 1))
+        sh, sw = _pair(stride, (1, 1))
+        if transposed:
+            ph, pw = _pair(padding, (0, 0))
+            ones = torch.ones(g.shape[1], 1, kh, kw)
+            out = F.conv_transpose2d(g, ones, None, (sh, sw), (ph, pw), output_padding, g.shape[1], (dh, dw))
+            out = (out > 0).float()
+        else:
             if isinstance(padding, str):
-                dh, dw = _pair(dilation, (1, 1))
                 ph, pw = (0, 0) if padding == "valid" else (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
-                pads = (pw, dw * (kw - 1) - pw, ph, dh * (kh - 1) - ph) if padding != "valid" else (0, 0, 0, 0)
+                pads = (0, 0, 0, 0) if padding == "valid" else (pw, dw * (kw - 1) - pw, ph, dh * (kh - 1) - ph)
             else:
                 ph, pw = _pair(padding, (0, 0))
                 pads = (pw, pw, ph, ph)
-            return _box_filter(x.sum(1, keepdim=True), (kh, kw), _pair(stride, (1, 1)), pads,
-                               _pair(dilation, (1, 1)))
-        if self.one_channel:
-            groups = 1
-            shape = (x.shape[1], 1, kh, kw)
-        else:
-            shape = tuple(weight.shape)
-        ones = torch.ones(shape, dtype=x.dtype)
-        ones /= ones[0].numel()
-        if transposed:
-            return F.conv_transpose2d(x, ones, None, stride, padding, output_padding, groups, dilation)
-        return F.conv2d(x, ones, None, stride, padding, dilation, groups)
+            out = _window_max(g, (kh, kw), (sh, sw), pads, (dh, dw))
+        c = out.shape[1]
+        if c == 1 or c == cout:
+            return out.expand(n, cout, *out.shape[2:])
+        return out.repeat_interleave(cout // c, dim=1)
 
-    @staticmethod
-    def _max_pool(args, kwargs):
-        """A max-pool as an average over the same windows (dilation and ceil_mode included),
-        built from a depthwise all-ones convolution over the zero-padded input."""
+    def _pool(self, name, args, kwargs):
+        """A max or average pool as a max over the same windows (dilation and ceil_mode
+        included) of the zero-padded input."""
         x = args[0]
-        kh, kw = _pair(call_arg(args, kwargs, 1, "kernel_size"))
-        sh, sw = _pair(call_arg(args, kwargs, 2, "stride"), (kh, kw))
-        ph, pw = _pair(call_arg(args, kwargs, 3, "padding"), (0, 0))
-        dh, dw = _pair(call_arg(args, kwargs, 4, "dilation"), (1, 1))
-        ceil = bool(call_arg(args, kwargs, 5, "ceil_mode", False))
+        pool_arg = 2 if name == "lp_pool2d" else 1
+        kh, kw = _pair(call_arg(args, kwargs, pool_arg, "kernel_size"))
+        sh, sw = _pair(call_arg(args, kwargs, pool_arg + 1, "stride"), (kh, kw))
+        ph, pw = (0, 0) if name == "lp_pool2d" else _pair(call_arg(args, kwargs, 3, "padding"), (0, 0))
+        dh, dw = _pair(call_arg(args, kwargs, 4, "dilation"), (1, 1)) if name in _MAX_POOLS else (1, 1)
+        ceil = bool(call_arg(args, kwargs, 5 if name in _MAX_POOLS else 4, "ceil_mode", False))
         extra = []
         for n, k, s, p, d in ((x.shape[-2], kh, sh, ph, dh), (x.shape[-1], kw, sw, pw, dw)):
             span = n + 2 * p - d * (k - 1) - 1
@@ -180,42 +201,162 @@ class _PositiveLinear(TorchFunctionMode):
             if ceil and (out - 1) * s >= n + p:
                 out -= 1
             extra.append(max(0, (out - 1) * s + d * (k - 1) + 1 - (n + 2 * p)))
+        full = x.shape[:-2]
+        x = _lean(x)
         lead = x.shape[:-2]
         flat = x.reshape(-1, 1, *x.shape[-2:])
-        out = _box_filter(flat, (kh, kw), (sh, sw), (pw, pw + extra[1], ph, ph + extra[0]), (dh, dw))
-        return out.reshape(*lead, *out.shape[-2:])
+        out = _window_max(flat, (kh, kw), (sh, sw), (pw, pw + extra[1], ph, ph + extra[0]), (dh, dw))
+        return out.reshape(*lead, *out.shape[-2:]).expand(*full, *out.shape[-2:])
+
+    # values ----------------------------------------------------------------------------------
+    def _reduce(self, name, args, kwargs, x):
+        dim_at = 2 if name in ("norm", "linalg_vector_norm") else 1
+        dims = call_arg(args, kwargs, dim_at, "dim", None)
+        keep = bool(call_arg(args, kwargs, dim_at + 1 if name not in ("std", "var") else 3, "keepdim", False))
+        if name in ("max", "min") and dims is None:
+            return x.amax()
+        if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+            dims = tuple(range(x.dim()))
+        dims = tuple(d % x.dim() for d in ((dims,) if isinstance(dims, int) else dims))
+        out = _lean(x).amax(dim=dims, keepdim=True)
+        out = out.expand([1 if d in dims else n for d, n in enumerate(x.shape)])
+        if not keep:
+            out = out.reshape([n for d, n in enumerate(x.shape) if d not in dims])
+        if name in ("max", "min") and isinstance(call_arg(args, kwargs, 1, "dim", None), int):
+            return out, torch.zeros(out.shape, dtype=torch.long)
+        return out
+
+    def _pointwise(self, name, args, kwargs):
+        tensors = [a for a in _tensors(args) + _tensors(kwargs)]
+        feats = [a for a in tensors if self._is(a)]
+        if name in ("where",) and any(self._is(a) for a in args[1:3]):
+            feats = [a for a in args[1:3] if self._is(a)]
+        shape = torch.broadcast_shapes(*[t.shape for t in tensors if t.is_floating_point() or self._is(t)])
+        if self.kind != "theory" and len(feats) > 1:
+            gates = [self._gate(f, feats, shape) for f in feats]
+            if any(gates) and not all(gates):
+                feats = [f for f, g in zip(feats, gates) if not g]
+        out = _lean(feats[0])
+        for f in feats[1:]:
+            out = torch.maximum(out, _lean(f))
+        return out.expand(shape) if tuple(out.shape) != tuple(shape) else out
+
+    @staticmethod
+    def _gate(t, feats, shape) -> bool:
+        """`t` is 1 wide where the output is not, along an axis where another feature varies
+        (on these threshold images; where none varies, along two or more axes)."""
+        nd = len(shape)
+        tshape = [1] * (nd - t.dim()) + list(t.shape)
+        narrow = [d for d in range(nd) if tshape[d] == 1 and shape[d] > 1]
+        if not narrow:
+            return False
+        for other in feats:
+            if other is t:
+                continue
+            o = _lean(other)
+            o = o.reshape(*([1] * (nd - o.dim())), *o.shape)
+            for d in narrow:
+                if o.shape[d] > 1 and not bool((o == o.narrow(d, 0, 1)).all()):
+                    return True
+        return len([d for d in narrow if d > 0]) >= 2
+
+    def _matmul(self, name, args, kwargs):
+        if name == "einsum":
+            return self._einsum(args)
+        if name == "linear":
+            x, w = call_arg(args, kwargs, 0, "input"), call_arg(args, kwargs, 1, "weight")
+            return x.amax(-1, keepdim=True).expand(*x.shape[:-1], w.shape[0])
+        a, b = (args[1], args[2]) if name in ("baddbmm", "addmm", "addbmm") else (args[0], args[1])
+        if a.dim() < 2 or b.dim() < 2:
+            raise UnknownReceptiveField("a matrix product of a vector")
+        shape = (*torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]), a.shape[-2], b.shape[-1])
+        if name == "addbmm":
+            shape = (a.shape[-2], b.shape[-1])
+        parts = []
+        if self._is(a):
+            parts.append(a.amax(-1, keepdim=True))
+        if self._is(b) and not (self.kind == "cell" and parts):
+            parts.append(b.amax(-2, keepdim=True))
+        if name == "addbmm":
+            parts = [p.amax(0) for p in parts]
+        out = parts[0]
+        for p in parts[1:]:
+            out = torch.maximum(out, p)
+        return out.expand(shape)
+
+    def _einsum(self, args):
+        eq = args[0].replace(" ", "")
+        operands = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+        lhs, rhs = eq.split("->")
+        sizes = {}
+        for s, t in zip(lhs.split(","), operands):
+            sizes.update(zip(s, t.shape))
+        parts = []
+        for s, t in zip(lhs.split(","), operands):
+            if not self._is(t) or (self.kind == "cell" and parts):
+                continue
+            summed = [i for i, c in enumerate(s) if c not in rhs]
+            p = t.amax(dim=summed, keepdim=False) if summed else t
+            kept = [c for c in s if c in rhs]
+            p = p.permute([kept.index(c) for c in rhs if c in kept])
+            dims = iter(p.shape)
+            parts.append(p.reshape([next(dims) if c in kept else 1 for c in rhs]))
+        out = parts[0]
+        for p in parts[1:]:
+            out = torch.maximum(out, p)
+        return out.expand([sizes[c] for c in rhs])
+
+    def _attention(self, name, args, kwargs):
+        q, k, v = (call_arg(args, kwargs, i, n) for i, n in ((0, "query"), (1, "key"), (2, "value")))
+        token = 0 if name == "multi_head_attention_forward" else q.dim() - 2
+        if name == "multi_head_attention_forward":
+            shape = q.shape
+        else:
+            shape = (*q.shape[:-1], v.shape[-1])
+        out = q.amax(-1, keepdim=True) if self._is(q) else torch.zeros(*q.shape[:-1], 1)
+        if self.kind != "cell":
+            for t in (k, v):
+                if self._is(t):
+                    out = torch.maximum(out, t.amax(dim=(token, t.dim() - 1), keepdim=True))
+        out = out.expand(shape)
+        return (out, None) if name == "multi_head_attention_forward" else out
 
 
-def _box_filter(x: torch.Tensor, kernel, stride, pads, dilation) -> torch.Tensor:
-    """The average over each (dilated) window of the zero-padded input, per channel: an all-ones
-    convolution, computed as an average pool where the window has no holes (much faster in
-    float64 than a convolution)."""
+def _lean(t: torch.Tensor) -> torch.Tensor:
+    """`t` with every broadcast (stride-0) axis narrowed to 1: the same values, computed once."""
+    for d in range(t.dim()):
+        if t.shape[d] > 1 and t.stride(d) == 0:
+            t = t.narrow(d, 0, 1)
+    return t
+
+
+def _window_max(x: torch.Tensor, kernel, stride, pads, dilation) -> torch.Tensor:
+    """The max over each (dilated) window of the zero-padded input, per channel."""
+    if tuple(kernel) == (1, 1) and not any(pads):
+        return x[:, :, ::stride[0], ::stride[1]]
     x = F.pad(x, pads)
-    if tuple(dilation) == (1, 1):
-        return F.avg_pool2d(x, kernel, stride, 0)
-    ones = torch.ones(x.shape[1], 1, *kernel, dtype=x.dtype) / (kernel[0] * kernel[1])
-    return F.conv2d(x, ones, None, stride, 0, dilation, x.shape[1])
+    return F.max_pool2d(x, kernel, stride, 0, dilation)
 
 
-def probe_supports(model: nn.Module, modules: dict[str, str], input_size: tuple[int, int],
-                   chunk: int = 32) -> dict[str, np.ndarray]:
-    """The support box of every position of each layer, measured by threshold probes on the
-    positive linear network: {layer: (4, h, w) int64 y0, x0, y1, x1}, EMPTY where a position sees
-    no image pixel. Tries one channel per feature map first (cheap), then every channel."""
+def probe_elements(model: nn.Module, modules: dict[str, str], input_size: tuple[int, int],
+                   kinds: tuple[str, ...] = ("local",), chunk: int = 64
+                   ) -> dict[str, dict[str, np.ndarray]]:
+    """The support box of every element of each layer's output, measured by threshold probes on
+    the "or" network: {kind: {layer: (4, *shape) int64 y0, x0, y1, x1}} (shape with the batch
+    axis, kept 1 wide where nothing changes along it), EMPTY where an element sees no pixel."""
     from ..models import batch_limit
 
     chunk = batch_limit(model, chunk)
-    try:
-        return _probe(model, modules, input_size, chunk, one_channel=True)
-    except (RuntimeError, ValueError, IndexError, TypeError) as first:
+    result = {}
+    for kind in kinds:
         try:
-            return _probe(model, modules, input_size, chunk, one_channel=False)
+            result[kind] = _probe(model, modules, input_size, chunk, kind)
         except (RuntimeError, ValueError, IndexError, TypeError) as e:
-            raise UnknownReceptiveField(f"the probe cannot run this model ({e}; with one "
-                                        f"channel: {first})") from None
+            raise UnknownReceptiveField(f"the probe cannot run this model ({str(e).splitlines()[0]})") from None
+    return result
 
 
-def _probe(model, modules, input_size, chunk, one_channel) -> dict[str, np.ndarray]:
+def _probe(model, modules, input_size, chunk, kind) -> dict[str, np.ndarray]:
     h, w = input_size
     # (axis, low side?) -> thresholds: rows < r (r = 1..h) find y0; rows >= r (r = 0..h-1) find y1
     sweeps = [(0, True, range(1, h + 1)), (0, False, range(h)),
@@ -224,29 +365,32 @@ def _probe(model, modules, input_size, chunk, one_channel) -> dict[str, np.ndarr
     for sweep, (axis, low, thresholds) in enumerate(sweeps):
         thresholds = list(thresholds)
         for s in range(0, len(thresholds), chunk):
-            part = thresholds[s:s + chunk]
-            x = torch.zeros(len(part), 3, h, w, dtype=torch.float64)
-            for b, r in enumerate(part):
-                sl = slice(0, r) if low else slice(r, None)
-                if axis == 0:
-                    x[b, :, sl, :] = 1.0
-                else:
-                    x[b, :, :, sl] = 1.0
+            part = torch.tensor(thresholds[s:s + chunk])
+            at = torch.arange(h if axis == 0 else w)
+            lit = (at[None, :] < part[:, None]) if low else (at[None, :] >= part[:, None])
+            lit = lit.float()
+            x = (lit[:, None, :, None] if axis == 0 else lit[:, None, None, :]).expand(
+                len(part), 3, h, w).contiguous()
             outputs: dict[str, torch.Tensor] = {}
-            with torch.no_grad(), FirstCalls(model, modules, outputs.__setitem__) as calls:
-                with _PositiveLinear(x, one_channel):
+            with torch.no_grad(), FirstCalls(model, modules, outputs.__setitem__, any_shape=True) as calls:
+                with _OrNetwork(x, kind):
                     calls.run(model, x)
             for layer, out in outputs.items():
-                positive = (out.detach().abs().sum(1) > 0).numpy()  # (B, oh, ow)
+                positive = (_lean(out.detach()) != 0)
+                n = positive.sum(0, keepdim=True, dtype=torch.int64).numpy()
                 if layer not in counts:
-                    counts[layer] = np.zeros((4, *positive.shape[1:]), np.int64)
+                    counts[layer] = np.zeros((4, *n.shape), np.int64)
+                elif counts[layer].shape[1:] != n.shape:  # broadcast in one chunk, not another
+                    shape = np.broadcast_shapes(counts[layer].shape[1:], n.shape)
+                    counts[layer] = np.ascontiguousarray(np.broadcast_to(counts[layer], (4, *shape)))
+                    n = np.broadcast_to(n, shape)
                 # low sweeps count zeros (y0 = thresholds below the support), high sweeps ones
-                counts[layer][sweep] += (~positive).sum(0) if low else positive.sum(0)
+                counts[layer][sweep] += (len(part) - n) if low else n
     result = {}
     for layer, c in counts.items():
         y0, y1, x0, x1 = c[0], c[1], c[2], c[3]
         empty = (y1 == 0) | (x1 == 0)
         boxes = np.stack([y0, x0, y1, x1]).astype(np.int64)
         boxes[:2, empty], boxes[2:, empty] = EMPTY, -EMPTY
-        result[layer] = boxes
+        result[layer] = compress(boxes)
     return result

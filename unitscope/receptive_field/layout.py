@@ -1,0 +1,126 @@
+"""Where a layer keeps its channels and its positions, read off its per-element fields.
+
+A layer's output is N×C×H×W (`nchw`, convolutions), N×H×W×C (`nhwc`, the channels-last blocks
+of Swin, ConvNeXt and MaxViT) or N×T×C (`tokens`, ViT: a token per cell of the patch grid, plus
+class tokens that sit on no cell). The positional axes are those along which the centre of the
+elements' fields moves; channels are the rest (concatenated branches may change a field's size
+along the channels, never its centre). `LayerView.maps` turns an output into N×C×H×W maps, so every
+later stage (maxima, top-k, projections) reads any layout the same way."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..hooks import LayerOutputError
+from .boxes import EMPTY, union_over
+
+LAYOUTS = ("nchw", "nhwc", "tokens")
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """How to read a layer's output: `layout`; for tokens, the index of the first patch token
+    and the patch grid (gh, gw) the patch tokens fill in row-major order."""
+
+    layout: str = "nchw"
+    first_token: int = 0
+    grid: tuple[int, int] = (0, 0)
+
+    def maps(self, out: torch.Tensor) -> torch.Tensor:
+        """The output as N×C×H×W maps (patch tokens only, for tokens)."""
+        if self.layout == "nchw":
+            return out
+        if self.layout == "nhwc":
+            return out.permute(0, 3, 1, 2)
+        gh, gw = self.grid
+        patch = out[:, self.first_token:self.first_token + gh * gw, :]
+        return patch.transpose(1, 2).reshape(out.shape[0], out.shape[2], gh, gw)
+
+    def positions(self, planes: np.ndarray, shape: tuple[int, ...], image_hw) -> np.ndarray:
+        """Per-element planes (k, *shape) (shape with the batch axis) as per-position (k, H, W):
+        the union over a position's channels."""
+        k = planes.shape[0]
+        p = planes.reshape(k, *([1] * (len(shape) - planes.ndim + 1)), *planes.shape[1:])
+        p = np.broadcast_to(p, (k, *shape))[:, :1]
+        if k == 4:  # support only: pad to the eight planes union_over works on
+            p = np.concatenate([p, p])
+        channel = {"nchw": 1, "nhwc": 3, "tokens": 2}[self.layout]
+        p = union_over(np.ascontiguousarray(p), (channel,), image_hw, keepdim=False)[:k]
+        if self.layout == "nchw":
+            return p[:, 0]
+        if self.layout == "nhwc":
+            return p[:, 0]
+        gh, gw = self.grid
+        return p[:, 0, self.first_token:self.first_token + gh * gw].reshape(k, gh, gw)
+
+    def hw(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """(C, H, W) of an output of `shape` (without the batch axis)."""
+        if self.layout == "nchw":
+            return tuple(shape)
+        if self.layout == "nhwc":
+            return shape[2], shape[0], shape[1]
+        return shape[1], self.grid[0], self.grid[1]
+
+
+def find_view(layer: str, planes: np.ndarray, shape: tuple[int, ...], hint: str | None = None
+              ) -> LayerView:
+    """The layer's view, from per-element cell planes (8 or 4, ...) of an output of `shape`
+    (with the batch axis); `hint` (a layout name) decides where the fields cannot."""
+    nd = len(shape)
+    k = planes.shape[0]
+    p = planes.reshape(k, *([1] * (nd - planes.ndim + 1)), *planes.shape[1:])
+    box = p[4:8] if k == 8 else p[:4]
+    positional = set()
+    for d in range(1, nd):
+        for a, b in ((0, 2), (1, 3)):
+            centre = box[a] + box[b]
+            if centre.shape[d] > 1 and not (centre == centre.take([0], axis=d)).all():
+                positional.add(d)
+    if hint is not None:
+        if hint not in LAYOUTS:
+            raise ValueError(f"layer {layer}: layout {hint!r}; valid: {', '.join(LAYOUTS)}")
+        want = 3 if hint == "tokens" else 4
+        if nd != want:
+            raise LayerOutputError(f"layer {layer}: layout {hint} needs a {want}-D output, not "
+                                   f"{tuple(shape)}")
+        if hint != "tokens":
+            return LayerView(hint)
+    if nd == 4 and hint is None:
+        nchw, nhwc = positional <= {2, 3}, positional <= {1, 2}
+        if nchw and nhwc:
+            if shape[2] == shape[3] == 1 or (shape[3] == 1 and shape[1] > 1):
+                return LayerView("nchw")
+            if shape[1] == shape[2] == 1:
+                return LayerView("nhwc")
+        elif nchw or nhwc:
+            return LayerView("nchw" if nchw else "nhwc")
+        raise LayerOutputError(
+            f"layer {layer}: cannot tell which axes of its {tuple(shape[1:])} output hold the "
+            f"positions; say so with layout: nchw or layout: nhwc")
+    if nd == 3 and positional <= {1}:
+        return _token_view(layer, np.broadcast_to(box, (4, *shape)), shape)
+    if nd == 3:
+        raise LayerOutputError(f"layer {layer}: a {tuple(shape[1:])} output whose tokens are not "
+                               f"along the second axis (batch first: N×T×C)")
+    raise LayerOutputError(f"layer {layer}: an output of shape {tuple(shape)} is neither N×C×H×W, "
+                           f"N×H×W×C nor N×T×C; choose a layer of feature maps or tokens")
+
+
+def _token_view(layer: str, box: np.ndarray, shape) -> LayerView:
+    cell = np.stack([box[0].min(-1)[0], box[1].min(-1)[0], box[2].max(-1)[0], box[3].max(-1)[0]])
+    on_grid = cell[0] < EMPTY // 2
+    first = int(np.argmax(on_grid)) if on_grid.any() else len(on_grid)
+    patch = cell[:, first:]
+    if not on_grid.any() or not on_grid[first:].all():
+        raise LayerOutputError(f"layer {layer}: its tokens do not follow the class tokens on a "
+                               f"patch grid (no cell for token {first + int(np.argmin(on_grid[first:]))})"
+                               if on_grid.any() else f"layer {layer}: no token sits on a patch cell")
+    ys, xs = np.unique(patch[0]), np.unique(patch[1])
+    gh, gw = len(ys), len(xs)
+    if gh * gw != patch.shape[1] or not (
+            (patch[0] == np.repeat(ys, gw)).all() and (patch[1] == np.tile(xs, gh)).all()):
+        raise LayerOutputError(f"layer {layer}: its {patch.shape[1]} patch tokens do not fill a "
+                               f"grid in row-major order")
+    return LayerView("tokens", first, (gh, gw))
