@@ -48,22 +48,19 @@ _UPSAMPLE = {"upsample_nearest2d": "nearest", "_upsample_nearest_exact2d": "near
              "upsample_bilinear2d": "bilinear", "upsample_bicubic2d": "bicubic"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp",
                "nansum", "nanmean", "prod"}
-# ops that keep every position where it is: the field of the output is the union of the fields
-# of the inputs at the same position (broadcast where an input is 1 wide)
-_POINTWISE = {
-    "add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "true_divide", "neg",
-    "abs", "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "sigmoid", "sigmoid_", "tanh",
-    "tanh_", "gelu", "silu", "silu_", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "celu",
-    "mish", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "softplus", "exp", "log",
-    "sqrt", "rsqrt", "pow", "square", "clamp", "clamp_", "clamp_min", "clamp_max", "clip", "where",
-    "maximum", "minimum", "threshold", "threshold_", "prelu", "_prelu_kernel", "addcmul",
-    "addcdiv", "lerp", "batch_norm", "native_batch_norm", "_native_batch_norm_legit",
-    "_native_batch_norm_legit_no_training", "instance_norm", "group_norm", "native_group_norm",
-    "layer_norm", "native_layer_norm", "local_response_norm", "dropout", "dropout_",
-    "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "dropout2d", "native_dropout",
-    "contiguous", "clone", "detach", "to", "_to_copy", "float", "double", "half", "bfloat16",
-    "type_as", "copy_", "cat", "concat", "stack", "view", "reshape", "_unsafe_view", "unsqueeze",
-    "squeeze", "expand", "expand_as", "split", "split_with_sizes", "chunk", "unbind", "alias",
-    "__getitem__", "select", "slice", "narrow", "permute", "transpose", "flatten",
-    "softmax", "_softmax", "log_softmax", "_log_softmax", "channel_shuffle", "pixel_shuffle",
-}
+
+
+def conv_args(name: str, args, kwargs) -> tuple:
+    """(transposed, stride, padding, dilation, groups, output_padding) of an intercepted
+    convolution call (F.conv2d, F.conv_transpose2d, aten.convolution), by position or name."""
+    if name in ("convolution", "_convolution"):
+        stride, padding, dilation = (call_arg(args, kwargs, i, n) for i, n in
+                                     ((3, "stride"), (4, "padding"), (5, "dilation")))
+        return (bool(call_arg(args, kwargs, 6, "transposed", False)), stride, padding, dilation,
+                call_arg(args, kwargs, 8, "groups", 1), call_arg(args, kwargs, 7, "output_padding", 0))
+    if name == "conv_transpose2d":
+        return (True, call_arg(args, kwargs, 3, "stride", 1), call_arg(args, kwargs, 4, "padding", 0),
+                call_arg(args, kwargs, 7, "dilation", 1), call_arg(args, kwargs, 6, "groups", 1),
+                call_arg(args, kwargs, 5, "output_padding", 0))
+    return (False, call_arg(args, kwargs, 3, "stride", 1), call_arg(args, kwargs, 4, "padding", 0),
+            call_arg(args, kwargs, 5, "dilation", 1), call_arg(args, kwargs, 6, "groups", 1), 0)

@@ -23,7 +23,8 @@ from torch.overrides import TorchFunctionMode
 from ..geometry import UnknownReceptiveField
 from ..hooks import FirstCalls
 from .boxes import EMPTY, compress
-from .ops import _ADAPTIVE, _AVG_POOLS, _CONVS, _MAX_POOLS, _op_name, _pair, _tensors, call_arg
+from .ops import (_ADAPTIVE, _AVG_POOLS, _CONVS, _MAX_POOLS, _op_name, _pair, _tensors, call_arg,
+                  conv_args)
 from .walk import ATTENTION, CONSTANT, DIMS_ONLY, LAYOUT, MATMUL, POINTWISE, SOFTMAX
 
 _REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp",
@@ -136,23 +137,7 @@ class _OrNetwork(TorchFunctionMode):
     def _conv(self, name, args, kwargs):
         x = call_arg(args, kwargs, 0, "input")
         weight = call_arg(args, kwargs, 1, "weight")
-        if name in ("convolution", "_convolution"):
-            transposed = bool(call_arg(args, kwargs, 6, "transposed", False))
-            stride, padding, dilation = (call_arg(args, kwargs, i, n) for i, n in
-                                         ((3, "stride"), (4, "padding"), (5, "dilation")))
-            output_padding = call_arg(args, kwargs, 7, "output_padding", 0)
-            groups = call_arg(args, kwargs, 8, "groups", 1)
-        elif name == "conv_transpose2d":
-            transposed = True
-            stride, padding = call_arg(args, kwargs, 3, "stride", 1), call_arg(args, kwargs, 4, "padding", 0)
-            output_padding = call_arg(args, kwargs, 5, "output_padding", 0)
-            groups = call_arg(args, kwargs, 6, "groups", 1)
-            dilation = call_arg(args, kwargs, 7, "dilation", 1)
-        else:
-            transposed, output_padding = False, 0
-            stride, padding = call_arg(args, kwargs, 3, "stride", 1), call_arg(args, kwargs, 4, "padding", 0)
-            dilation = call_arg(args, kwargs, 5, "dilation", 1)
-            groups = call_arg(args, kwargs, 6, "groups", 1)
+        transposed, stride, padding, dilation, groups, output_padding = conv_args(name, args, kwargs)
         groups = int(groups or 1)
         kh, kw = weight.shape[-2:]
         cout = weight.shape[1] * groups if transposed else weight.shape[0]

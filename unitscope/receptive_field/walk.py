@@ -31,10 +31,10 @@ from torch.overrides import TorchFunctionMode
 
 from ..geometry import UnknownReceptiveField
 from ..hooks import FirstCalls
-from .boxes import EMPTY, FILL, Boxes, compress, map_axis, union_all, union_over
+from .boxes import FILL, Boxes, compress, map_axis, union_all, union_over
 from .fields import _adaptive_sources, _resize_sources, _transposed_sources, _window_sources
 from .ops import (_ADAPTIVE, _AVG_POOLS, _CONVS, _MAX_POOLS, _REDUCTIONS, _UPSAMPLE, _op_name,
-                  _pair, _tensors, call_arg)
+                  _pair, _tensors, call_arg, conv_args)
 
 KINDS = ("theory", "local", "cell")
 
@@ -173,7 +173,6 @@ class _Walk(TorchFunctionMode):
         jump = f0.jump
         if len(fields) > 1:
             jump = (min(f.jump[0] for f in fields), min(f.jump[1] for f in fields))
-        shape = tuple(outs[0].shape)
         if name in _CONVS and ins[0] is call_arg(args, kwargs, 0, "input"):
             return [self._conv(name, args, kwargs, f0, outs[0])]
         if name in _MAX_POOLS or name in _AVG_POOLS:
@@ -218,23 +217,7 @@ class _Walk(TorchFunctionMode):
 
     def _conv(self, name, args, kwargs, f: Traced, out: torch.Tensor) -> Traced:
         weight = call_arg(args, kwargs, 1, "weight")
-        if name in ("convolution", "_convolution"):
-            transposed = bool(call_arg(args, kwargs, 6, "transposed", False))
-            stride, padding, dilation = (call_arg(args, kwargs, i, n) for i, n in
-                                         ((3, "stride"), (4, "padding"), (5, "dilation")))
-            groups = call_arg(args, kwargs, 8, "groups", 1)
-        elif name == "conv_transpose2d":
-            transposed = True
-            stride = call_arg(args, kwargs, 3, "stride", 1)
-            padding = call_arg(args, kwargs, 4, "padding", 0)
-            groups = call_arg(args, kwargs, 6, "groups", 1)
-            dilation = call_arg(args, kwargs, 7, "dilation", 1)
-        else:
-            transposed = False
-            stride = call_arg(args, kwargs, 3, "stride", 1)
-            padding = call_arg(args, kwargs, 4, "padding", 0)
-            dilation = call_arg(args, kwargs, 5, "dilation", 1)
-            groups = call_arg(args, kwargs, 6, "groups", 1)
+        transposed, stride, padding, dilation, groups, _ = conv_args(name, args, kwargs)
         if len(f.shape) != 4 or out.dim() != 4:
             raise UnknownReceptiveField("a convolution that is not 2-D")
         kh, kw = weight.shape[-2:]
