@@ -10,52 +10,27 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import oracle
 from unitscope.hooks import LayerOutputError
 from unitscope.layers import layer_table
 from unitscope.receptive_field import EMPTY, layer_fields
 
 
-def gradient_boxes(model, module, size, view, detach=lambda t: False) -> np.ndarray:
-    """(4, H, W) bounding box of the non-zero input gradient of each position of the layer's
-    maps (random positive channel weights), in float64 with ReLUs and norms kept: positive
-    weights and inputs keep every pre-activation positive, so no path is cut."""
-    m = _positive(model)
-    out_hw = None
+def gradient_boxes(model, module, size, view) -> np.ndarray:
+    """(4, H, W) gradient-oracle boxes of every position of the layer (tests/oracle.py)."""
+    maps = view.maps(layer_outputs_raw(model, module, size))
+    h, w = maps.shape[-2:]
+    return oracle.gradient_boxes(model, module, size, view).reshape(4, h, w)
+
+
+def layer_outputs_raw(model, module, size):
     captured = {}
-
-    def hook(mod, i, o):
-        captured.setdefault("o", o)
-    h = m.get_submodule(module).register_forward_hook(hook)
-    x = (0.5 + torch.rand(1, 3, *size, dtype=torch.float64)).requires_grad_(True)
-    m(x)
-    h.remove()
-    maps = view.maps(captured["o"])
-    out_hw = maps.shape[-2:]
-    boxes = np.full((4, *out_hw), -1, np.int64)
-    w = 0.5 + torch.rand(maps.shape[1], dtype=torch.float64)
-    for y in range(out_hw[0]):
-        for xx in range(out_hw[1]):
-            g, = torch.autograd.grad((maps[0, :, y, xx] * w).sum(), x, retain_graph=True)
-            nz = g[0].abs().sum(0) > 0
-            rows, cols = torch.nonzero(nz.any(1)).flatten(), torch.nonzero(nz.any(0)).flatten()
-            if len(rows):
-                boxes[:, y, xx] = [int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1]
-    return boxes
-
-
-def _positive(model):
-    import copy
-
-    m = copy.deepcopy(model).double().eval()
-    g = torch.Generator().manual_seed(0)
+    handle = model.get_submodule(module).register_forward_hook(
+        lambda m, i, o: captured.setdefault("o", o))
     with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith("bias"):
-                p.zero_()
-            else:
-                # small, so that attention's softmax does not saturate to exact zeros
-                p.copy_((0.5 + torch.rand(p.shape, generator=g, dtype=torch.float64)) / p.shape[-1])
-    return m
+        model(torch.zeros(1, 3, *size))
+    handle.remove()
+    return captured["o"]
 
 
 def as_minus_one(a):
@@ -173,8 +148,139 @@ def test_a_layout_that_cannot_be_told_is_one_line_asking_for_it():
     assert "\n" not in str(e.value)
 
 
-def test_the_plan_refuses_a_channels_last_layer_by_name(tmp_path):
-    from unitscope.plan import _check_layouts
+class ShiftedWindowStage(nn.Module):
+    """Swin's shifted windows in miniature: the map rolled by half a window, attention inside
+    4×4 windows with -100 added to the logits of token pairs from different regions of the
+    unrolled map (torchvision's mask), rolled back."""
 
-    with pytest.raises(LayerOutputError, match="layer 'stage'.*channels-last.*N×C×H×W"):
-        _check_layouts(WindowStage().eval(), {"stage": "out"}, 16)
+    def __init__(self, c=8, window=4):
+        super().__init__()
+        self.embed = nn.Conv2d(3, c, 2, stride=2)
+        self.qkv = nn.Linear(c, 3 * c)
+        self.window = window
+        self.out = nn.Identity()
+
+    def forward(self, x):
+        x = self.embed(x).permute(0, 2, 3, 1)
+        n, h, w, c = x.shape
+        p, s = self.window, self.window // 2
+        rolled = torch.roll(x, (-s, -s), (1, 2))
+        region = torch.zeros(h, w)
+        for i, rows in enumerate((slice(0, h - p), slice(h - p, h - s), slice(h - s, h))):
+            for j, cols in enumerate((slice(0, w - p), slice(w - p, w - s), slice(w - s, w))):
+                region[rows, cols] = 3 * i + j
+        ids = region.view(h // p, p, w // p, p).permute(0, 2, 1, 3).reshape(-1, p * p)
+        mask = (ids[:, None, :] != ids[:, :, None]).float() * -100.0
+        win = rolled.view(n, h // p, p, w // p, p, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, p * p, c)
+        q, k, v = self.qkv(win).chunk(3, dim=-1)
+        logits = (q @ k.transpose(-2, -1)).view(n, -1, p * p, p * p) + mask
+        a = torch.softmax(logits.view(-1, p * p, p * p), dim=-1) @ v
+        a = a.view(n, h // p, w // p, p, p, c).permute(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
+        return self.out(x + torch.roll(a, (s, s), (1, 2)))
+
+
+def test_masked_logits_of_shifted_windows_are_no_dependence():
+    model = ShiftedWindowStage().eval()
+    fields, _ = layer_fields(model, {"stage": "out"}, (16, 16))  # the probe agrees, or it raises
+    f = fields["stage"]
+    want = gradient_boxes(model, "out", (16, 16), f.view)
+    assert (as_minus_one(f.support) == want).all()
+    # the corner's shifted window wraps round to the far side, but the mask keeps it to its own
+    # 2×2 patches of 2 px: without the rule the field would span the whole map
+    assert tuple(f.support[:, 0, 0]) == (0, 0, 4, 4)
+    # an inner window (rolled rows and columns 0-3 are map rows 2-5), unmasked: 4×4 cells
+    assert tuple(f.support[:, 3, 3]) == (4, 4, 12, 12)
+
+
+class RedTokens(nn.Module):
+    """Tokens with known filters: 4×4 patches, channel 0 the patch's red minus green, channel 1
+    its green; a class token first, the mean of the patch tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 2, 4, stride=4, bias=False)
+        with torch.no_grad():
+            self.embed.weight.zero_()
+            self.embed.weight[0, 0], self.embed.weight[0, 1] = 1 / 16, -1 / 16
+            self.embed.weight[1, 1] = 1 / 16
+        self.block = nn.Identity()
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        return self.block(torch.cat([t.mean(1, keepdim=True), t], 1))
+
+
+def test_token_layers_run_through_the_stages_read_on_the_patch_grid(tmp_path):
+    """Maxima, positions, verification and projections of a token layer, against a brute force
+    over the raw N×T×C output; class tokens read apart (tokens: cls, all)."""
+    import h5py
+    import pandas as pd
+
+    from unitscope.activations import record_maxima
+    from unitscope.projections import project
+    from unitscope.receptive_field import LayerView
+
+    model = RedTokens().eval()
+    fields, shapes = layer_fields(model, {"t": "block"}, (16, 16))
+    view = fields["t"].view
+    assert (view.layout, view.first_token, view.grid) == ("tokens", 1, (4, 4))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 60, (5, 16, 16, 3)).astype(np.uint8)
+    spots = [(0, 0), (1, 3), (3, 2), (2, 2), (3, 0)]
+    for i, (cy, cx) in enumerate(spots):  # a red patch in one cell of each image
+        images[i, 4 * cy:4 * cy + 4, 4 * cx:4 * cx + 4, 0] = 200 + 10 * i
+    out = tmp_path / "t.h5"
+    record_maxima(model, {"t": "block"}, (0, 0, 0), (1, 1, 1), iter([(np.arange(5), images)]), 5,
+                  {"t": out}, "cpu", views={"t": view})
+    with torch.no_grad():
+        raw = model(torch.from_numpy(images).permute(0, 3, 1, 2).float()).numpy()
+    with h5py.File(out) as f:
+        for i in range(5):
+            for unit in range(2):
+                patch = raw[i, 1:, unit]  # tokens 1..16, row-major on the 4×4 grid
+                best = int(np.argmax(patch))
+                assert f["max"][i, unit] == pytest.approx(patch[best], rel=1e-6)
+                assert (f["argmax_y"][i, unit], f["argmax_x"][i, unit]) == divmod(best, 4)
+            assert (f["argmax_y"][i, 0], f["argmax_x"][i, 0]) == spots[i]
+    # the plain input gradient at a token (scaled by its activation) is its filter, in its cell only
+    x = torch.from_numpy(images[:1]).permute(0, 3, 1, 2).float()
+    g = project(model, "block", x, [0], [1], [3], "gradient", view)[0]
+    act = float(raw[0, 1 + 4 * 1 + 3, 0])
+    assert torch.allclose(g[0, 4:8, 12:16], torch.full((4, 4), act / 16))
+    assert torch.allclose(g[1, 4:8, 12:16], torch.full((4, 4), -act / 16))
+    assert g[:, :4].abs().sum() == 0 and g[:, :, :12].abs().sum() == 0
+    # tokens: cls reads the class token alone (a 1×1 row), all reads every token in order
+    cls, every = view.reading("t", "cls"), view.reading("t", "all")
+    assert cls.hw((17, 2)) == (2, 1, 1) and every.hw((17, 2)) == (2, 1, 17)
+    t = torch.from_numpy(raw)
+    assert torch.equal(cls.maps(t)[:, :, 0, 0], t[:, 0]) and torch.equal(every.maps(t)[:, :, 0], t.transpose(1, 2))
+    with pytest.raises(LayerOutputError, match="no class token"):
+        LayerView("tokens", 0, (4, 4)).reading("t", "cls")
+    table, boxes = layer_table(model, {"t": "block"}, (16, 16), tokens={"t": "cls"})
+    row = table.iloc[0]
+    assert (row["tokens"], row["height"], row["width"], row["grid_h"]) == ("cls", 1, 1, 4)
+    assert tuple(boxes["t"][["y0", "x0", "y1", "x1"]].iloc[0]) == (0, 0, 16, 16)  # the mean: all
+    assert isinstance(boxes["t"], pd.DataFrame)
+
+
+def test_the_plan_reads_token_layers_and_takes_the_gradient_behind_attention():
+    from conftest import plan_of
+    from unitscope.plan import PlanError
+
+    base = {"dataset": {"name": "sample", "max_images": 20}, "device": "cpu",
+            "model": {"python": "test_networks:TinyViT", "input_size": 16, "weights": "none"},
+            "layers": ["block"], "units": 2, "k": 2}
+    plan = plan_of(base)
+    assert plan.projection == "gradient"
+    view = plan.model.layer_views()["block"]
+    assert (view.layout, view.first_token, view.grid, view.tokens) == ("tokens", 1, (4, 4), "patch")
+    assert plan_of({**base, "tokens": "all"}).model.layer_views()["block"].tokens == "all"
+    for method in ("guided_backprop", "deconvnet"):
+        with pytest.raises(PlanError, match=f"config key 'projection': {method} is defined for "
+                                            f"ReLU networks, not through attention"):
+            plan_of({**base, "projection": method})
+    with pytest.raises(PlanError, match="'layouts' names layers that are not in 'layers': x"):
+        plan_of({**base, "layouts": {"x": "nhwc"}})
+    stage = plan_of({**base, "model": {"python": "test_networks:WindowStage", "input_size": 16,
+                                       "weights": "none"}, "layers": ["out"]})
+    assert stage.model.layer_views()["out"].layout == "nhwc" and stage.layer("out").channels == 8

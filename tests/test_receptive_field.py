@@ -499,3 +499,23 @@ def test_static_channel_table_matches_the_model(model_name):
 def test_affine_summary_of_an_axis():
     assert AxisRF(11, 4, -3).offset == 2.5 and AxisRF(11, 4, -3).span(2) == (5, 16)
     assert math.isclose(AxisRF(3, 1, -1).offset, 0.5)
+
+
+def test_the_probe_checks_each_box_at_the_thresholds_that_decide_it():
+    """verify_elements runs only the thresholds at each element's edges (and one beyond): any
+    edge of any one element moved by one pixel either way is caught; the true boxes pass."""
+    from unitscope.receptive_field.probe import probe_elements, verify_elements
+
+    model = seq(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Conv2d(4, 4, 3, dilation=2)).eval()
+    modules = {"L": "1"}
+    full = probe_elements(model, modules, (20, 20))["local"]["L"]
+    assert verify_elements(model, modules, (20, 20), "local", {"L": full})
+    shape = np.broadcast_shapes(full.shape[1:], (1, 1, 6, 6))
+    rng = np.random.default_rng(0)
+    for edge in range(4):
+        for _ in range(3):
+            y, x = (int(v) for v in rng.integers(0, 6, 2))
+            for step in (-1, 1):
+                wrong = np.array(np.broadcast_to(full, (4, *shape)))
+                wrong[edge, 0, :, y, x] += step
+                assert not verify_elements(model, modules, (20, 20), "local", {"L": wrong}), (edge, y, x, step)

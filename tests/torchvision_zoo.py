@@ -34,6 +34,24 @@ def build(name: str):
     return models().get_model(name, weights=None).eval()
 
 
+def pick_layers(net) -> dict[str, str]:
+    """Three layers (early, middle, late): the second, middle and last child of the model's
+    feature stack (features, layers, encoder.layers, blocks, stages, trunk_output), else the
+    top-level stages of ResNet-, Inception- and ShuffleNet-style models."""
+    for attr in ("features", "layers", "encoder.layers", "blocks", "stages", "trunk_output"):
+        try:
+            stack = net.get_submodule(attr)
+        except AttributeError:
+            continue
+        kids = [f"{attr}.{n}" for n, _ in stack.named_children()]
+        break
+    else:
+        kids = [n for n in ("layer1", "layer2", "layer3", "layer4", "Mixed_5b", "Mixed_6a",
+                            "Mixed_7c", "inception3a", "inception4c", "inception5b", "stage2",
+                            "stage3", "stage4", "conv5") if hasattr(net, n)]
+    return {"early": kids[min(1, len(kids) - 1)], "middle": kids[len(kids) // 2], "late": kids[-1]}
+
+
 def __getattr__(name: str):
     """`tests.torchvision_zoo:<name>` as a model factory (random weights)."""
     if name.startswith("_"):

@@ -108,15 +108,17 @@ def run_inference(manifest_path: str | os.PathLike, model_cfg: dict, layers: lis
             "model_key": model_key, "precision": precision, "source": source}
     return record_maxima(model, modules, spec.mean, spec.std, batches, len(rows),
                          dict(zip(layers, out_paths)), device, precision, meta,
-                         first_id=int(rows["image_id"].iloc[0]) if len(rows) else -1)
+                         first_id=int(rows["image_id"].iloc[0]) if len(rows) else -1,
+                         views=cfg.layer_views())
 
 
 def record_maxima(model: torch.nn.Module, modules: dict[str, str], mean, std, batches,
                   n: int, out_paths: dict[str, str | os.PathLike], device: str = "auto",
-                  precision: str = "fp32", meta: dict | None = None, first_id: int = 0) -> int:
+                  precision: str = "fp32", meta: dict | None = None, first_id: int = 0,
+                  views: dict | None = None) -> int:
     """The inference stage for any model: `modules` maps layer name -> module path, `batches`
     yields (image_ids, N×H×W×3 uint8), `mean` and `std` (0–255 scale) normalise them, `out_paths`
-    maps layer name -> file."""
+    maps layer name -> file; `views` (layer -> LayerView) reads layers that are not N×C×H×W."""
     layers = list(modules)
     dev = pick_device(device)
     model = model.to(dev).eval()
@@ -134,7 +136,7 @@ def record_maxima(model: torch.nn.Module, modules: dict[str, str], mean, std, ba
     digests = {layer: Digest() for layer in layers}
     waited = computed = forward = 0.0
     with contextlib.ExitStack() as stack:
-        calls = stack.enter_context(FirstCalls(model, modules, outputs.__setitem__))
+        calls = stack.enter_context(FirstCalls(model, modules, outputs.__setitem__, views=views))
         files = {}
         for layer in layers:
             tmp = stack.enter_context(atomic_path(out_paths[layer]))

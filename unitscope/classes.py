@@ -36,7 +36,8 @@ def class_name(index: int, n_classes: int) -> str:
 
 
 def classifier_layers(model: torch.nn.Module, modules: dict[str, str], classifier: str | None,
-                      input_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+                      input_size: int, seed: int = 0, views: dict | None = None
+                      ) -> dict[str, torch.Tensor]:
     """layer -> the classifier's weight (classes × C) for each layer whose global average, through
     the final Linear, gives the model's output."""
     linear = None
@@ -57,7 +58,7 @@ def classifier_layers(model: torch.nn.Module, modules: dict[str, str], classifie
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
             return {}
         candidates = {layer: m for layer, m in modules.items()}
-        maps = layer_outputs(model, candidates, x) if candidates else {}
+        maps = layer_outputs(model, candidates, x, views) if candidates else {}
         found = {}
         for layer, fmap in maps.items():
             if fmap.shape[1] != linear.in_features:
@@ -92,7 +93,8 @@ def write_class_weights(model_cfg: dict, layers: list[str], out_path: str | os.P
     spec = cfg.spec()
     model = build_model(spec, cfg.weights, cfg.seed)
     modules = resolve_layers(spec, layers, model=model)
-    table = class_weights(classifier_layers(model, modules, spec.classifier, spec.input_size), top)
+    table = class_weights(classifier_layers(model, modules, spec.classifier, spec.input_size,
+                                            views=cfg.layer_views()), top)
     log.info("layers before the classifier: %s", ", ".join(sorted(set(table["layer"]))) or "none")
     with atomic_path(out_path) as tmp:
         table.to_parquet(tmp, index=False)

@@ -40,6 +40,8 @@ BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
 MUTED = (110, 110, 110)
 MARK = (230, 30, 30)
+ERF_MARK = (255, 200, 0)
+METHOD_NAMES = {"guided_backprop": "guided backprop", "gradient": "plain input gradient"}  # the effective field around a token's cell
 EMPTY_TILE = (235, 235, 235)
 
 
@@ -62,6 +64,10 @@ class FigureFacts:
     picked: str = ""
     method: str = ""                    # projection method
     notes: list[str] = field(default_factory=list)
+    layout: str = "nchw"                # nchw, nhwc (channels last) or tokens
+    tokens: str = ""                    # for token layers: patch, cls or all
+    cell: bool = False                  # positions are token cells (attention): cells outlined
+    gated: tuple[int, int] | None = None  # the largest theoretical field, where global gates act
 
     def covers_input(self) -> bool:
         return self.rf is not None and self.input_size > 0 and min(self.rf) > self.input_size
@@ -90,26 +96,44 @@ def _fit(image: np.ndarray, display_px: int, nearest: bool):
 
 
 def make_tile(image: np.ndarray, entry, shrink: float, input_size: int, display_px: int,
-              fill=GRAY, seen: bool = False):
+              fill=GRAY, seen: bool = False, erf: int | None = None):
     """One example drawn in a display_px cell: the padded box, or — with `seen` (a field that
     spans half the input or more) — the part of the field inside the image at full cell size,
-    with the peak position (the field's centre) marked."""
+    with the peak position (the field's centre) marked. Where the entry has a token cell
+    (cy0…cx1), the cell is outlined, the + sits at its centre, and a square of the effective
+    field's size `erf` (px) is drawn around it."""
     from PIL import ImageDraw
 
     box = (entry.y0, entry.x0, entry.y1, entry.x1)
     vis = (entry.vy0, entry.vx0, entry.vy1, entry.vx1)
+    cell = getattr(entry, "cy0", None)
+    cell = None if cell is None or pd.isna(cell) else (entry.cy0, entry.cx0, entry.cy1, entry.cx1)
     if seen and image.size:
         tile = _fit(image, display_px, nearest=False)
-        s = tile.width / max(vis[3] - vis[1], 1)
-        cy = ((entry.y0 + entry.y1) / 2 - vis[0]) * s
-        cx = ((entry.x0 + entry.x1) / 2 - vis[1]) * s
-        d = ImageDraw.Draw(tile)
-        r = max(3, display_px // 12)
-        d.line([(cx - r, cy), (cx + r, cy)], fill=MARK, width=2)
-        d.line([(cx, cy - r), (cx, cy + r)], fill=MARK, width=2)
+        origin = (vis[0], vis[1])
+    else:
+        full, _ = padded(image, box, vis, shrink, fill)
+        tile = _fit(full, display_px, nearest=True).convert("RGB")
+        origin = (box[0], box[1])
+        if not cell:
+            return tile
+    s = tile.width / max((vis[3] - vis[1]) if seen else (box[3] - box[1]), 1)
+    centre = cell or box
+    cy = ((centre[0] + centre[2]) / 2 - origin[0]) * s
+    cx = ((centre[1] + centre[3]) / 2 - origin[1]) * s
+    d = ImageDraw.Draw(tile)
+    if cell:
+        if erf:
+            e = erf * s / 2
+            d.rectangle([cx - e, cy - e, cx + e, cy + e], outline=ERF_MARK, width=1)
+        d.rectangle([(cell[1] - origin[1]) * s, (cell[0] - origin[0]) * s,
+                     (cell[3] - origin[1]) * s - 1, (cell[2] - origin[0]) * s - 1],
+                    outline=MARK, width=2)
         return tile
-    full, _ = padded(image, box, vis, shrink, fill)
-    return _fit(full, display_px, nearest=True)
+    r = max(3, display_px // 12)
+    d.line([(cx - r, cy), (cx + r, cy)], fill=MARK, width=2)
+    d.line([(cx, cy - r), (cx, cy + r)], fill=MARK, width=2)
+    return tile
 
 
 def tile_grid(tiles: list, k: int, display_px: int):
@@ -188,22 +212,36 @@ def header_lines(facts: FigureFacts, kinds: list[str], shown_k: int, available: 
     images = f" ({facts.n_images:,} images)" if facts.n_images is not None else ""
     lines = [f"{facts.model} on {facts.dataset}{images} · layer {facts.layer}"
              + (f" (module {facts.module})" if facts.module and facts.module != facts.layer else "")]
-    lines.append(f"output {c}x{h}x{w}: {c} units, each an {h}x{w} map; a unit's activation on an "
-                 f"image is its map's maximum; one receptive field per position; input "
-                 f"{facts.input_size}x{facts.input_size} px")
+    if facts.layout == "tokens":
+        where = {"patch": f"its {h}x{w} grid of patch tokens",
+                 "cls": f"its {w} class token{'s' if w > 1 else ''}",
+                 "all": f"all its {w} tokens"}.get(facts.tokens, f"its {h}x{w} tokens")
+        lines.append(f"token layer: {c} units (channels) read over {where}; a unit's activation on "
+                     f"an image is its maximum over them; input {facts.input_size}x"
+                     f"{facts.input_size} px")
+    else:
+        lines.append(f"output {c}x{h}x{w}{' (stored channels last)' if facts.layout == 'nhwc' else ''}"
+                     f": {c} units, each an {h}x{w} map; a unit's activation on an "
+                     f"image is its map's maximum; one receptive field per position; input "
+                     f"{facts.input_size}x{facts.input_size} px")
     if facts.rf is not None:
         rf = f"{facts.rf[0]}x{facts.rf[1]} px" if facts.rf[0] != facts.rf[1] else f"{facts.rf[0]} px"
         field_line = ("receptive field " + ("" if facts.rf_affine else "up to ") + rf
                       + " (theoretical)")
         if facts.erf:
             field_line += f", effective ~ {facts.erf} px (90% of the gradient)"
-        if facts.covers_input():
-            field_line += (f" · RF {max(facts.rf)} px > {facts.input_size} px input: each tile "
-                           f"is the whole input the unit sees, + marks its peak")
+        mark = ("the red square is the peak token's cell" + (
+            ", the yellow one the effective field" if facts.erf else "") if facts.cell
+            else "+ marks its peak")
+        if facts.covers_input() or (facts.cell and facts.large()
+                                    and min(facts.rf) >= facts.input_size):
+            field_line += (f" · RF {max(facts.rf)} px >= {facts.input_size} px input: each tile "
+                           f"is the whole input the unit sees, {mark}")
         elif facts.large():
             field_line += (f" · RF {max(facts.rf)} px spans over half the {facts.input_size} px "
-                           f"input: each tile is the part of the field inside the image, + marks "
-                           f"its peak")
+                           f"input: each tile is the part of the field inside the image, {mark}")
+        elif facts.cell:
+            field_line += f" · {mark}"
         lines.append(field_line)
     which = {"top": "strongest", "bottom": "most negative (bottom-k)"}
     shown = " and ".join(f"its {which[k]}" for k in kinds)
@@ -220,9 +258,13 @@ def header_lines(facts: FigureFacts, kinds: list[str], shown_k: int, available: 
     legend = ("tiles enlarged to one size" if facts.large() else
               "gray: the part of a field outside the image (padding, never shifted)")
     if panels != "patches":
-        legend = (f"left: projections back to pixels ({facts.method.replace('_', ' ')}; gray = 0), "
+        legend = (f"left: projections back to pixels ({METHOD_NAMES.get(facts.method, facts.method)}; gray = 0), "
                   f"right: patches · " + legend)
     lines.append(legend)
+    if facts.gated:
+        lines.append(f"also modulated by the whole image through global gates (squeeze-excitation, "
+                     f"global pools): theoretical field up to {facts.gated[0]}x{facts.gated[1]} px; "
+                     f"tiles show the local field, through spatially local paths")
     return lines + facts.notes
 
 
@@ -262,6 +304,10 @@ def draw_grids(patches_path: str | os.PathLike, units_path: str | os.PathLike,
     shrink, input_size = float(attrs["shrink"]), int(attrs["input_size"])
     facts.input_size = facts.input_size or input_size
     proj = read_index(projections_path, "projections") if projections_path else None
+    if proj is not None and "cy0" in index and "cy0" not in proj:  # the same examples' cells
+        key = ["kind", "unit", "rank"]
+        proj = proj.reset_index().merge(index[key + ["cy0", "cx0", "cy1", "cx1"]], on=key,
+                                        how="left").set_index("index")
     proj_shrink = float(file_attrs(projections_path, "projections")["shrink"]) if projections_path else 1.0
     kinds = ["top", "bottom"] if figure == "both" else [figure]
     limit = drawn_per_unit(k, display_px, min(len(chosen), MAX_UNITS_PER_FIGURE) * len(kinds),
@@ -272,7 +318,7 @@ def draw_grids(patches_path: str | os.PathLike, units_path: str | os.PathLike,
         if rows.empty:
             return []
         images = read_patches(path, rows.index, "projections" if path == projections_path else "patches")
-        return [make_tile(img, e, s, input_size, display_px, fill, facts.large())
+        return [make_tile(img, e, s, input_size, display_px, fill, facts.large(), facts.erf)
                 for img, e in zip(images, rows.itertuples())]
 
     blocks, available = [], 0
@@ -307,7 +353,8 @@ def draw_grids(patches_path: str | os.PathLike, units_path: str | os.PathLike,
     with atomic_path(unit_dir) as tmp_dir:
         tmp_dir.mkdir()
         for u, bs in per_unit.items():
-            unit_header = header[:3] + [f"unit {u}: {shown.get('why', {}).get(u, '')}"] + header[4:5]
+            unit_header = header[:3] + [f"unit {u}: {shown.get('why', {}).get(u, '')}"] + header[
+                4:6 if facts.gated else 5]
             _compose(bs, unit_header, per_row=len(bs)).save(tmp_dir / f"unit-{u:04d}.png")
     shown_blocks = [b for u, b in blocks if u in chosen[:MAX_UNITS_PER_FIGURE]]
     if n_units > MAX_UNITS_PER_FIGURE:

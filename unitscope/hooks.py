@@ -3,7 +3,8 @@
 A module can run more than once per forward pass (a shared `nn.ReLU`, a block applied twice);
 every stage (layer table, activations, projections, verification) takes the output of its first
 call, so that all of them describe the same tensor. A module whose output is not one feature-map
-tensor (a tuple, a dict) is refused with its name."""
+tensor (a tuple, a dict) is refused with its name. A layer of another layout (channels-last,
+tokens) is read through its view (`receptive_field.LayerView`), which gives N×C×H×W maps."""
 from __future__ import annotations
 
 from typing import Callable
@@ -40,13 +41,14 @@ class FirstCalls:
 
     def __init__(self, model: nn.Module, modules: dict[str, str],
                  seen: Callable[[str, torch.Tensor], None], stop: bool = True,
-                 any_shape: bool = False):
+                 any_shape: bool = False, views: dict | None = None):
         named = dict(model.named_modules())
         missing = [m for m in modules.values() if m not in named]
         if missing:
             raise ValueError(f"the model has no module {missing[0]!r}")
         self.modules, self.seen, self.stop = dict(modules), seen, stop
         self.any_shape = any_shape  # the raw output, whatever its shape (the field walk)
+        self.views = views or {}  # layer -> LayerView: how to read a non-N×C×H×W layer
         self.done: set[str] = set()
         self.handles = [named[m].register_forward_hook(self._hook(layer, m))
                         for layer, m in self.modules.items()]
@@ -61,6 +63,15 @@ class FirstCalls:
                     check_output(layer, module, output)
                 self.seen(layer, output)
             else:
+                view = self.views.get(layer)
+                if view is not None and view.layout != "nchw" and isinstance(output, torch.Tensor):
+                    want = 3 if view.layout == "tokens" else 4
+                    if output.dim() != want:
+                        raise LayerOutputError(
+                            f"layer {layer!r} (module {module!r}) returns a tensor of shape "
+                            f"{tuple(output.shape)}, not the {view.layout} output its layer "
+                            f"table describes")
+                    output = view.maps(output)
                 self.seen(layer, check_output(layer, module, output))
             if self.stop and len(self.done) == len(self.modules):
                 raise StopForward
@@ -93,9 +104,11 @@ class FirstCalls:
         self.close()
 
 
-def layer_outputs(model: nn.Module, modules: dict[str, str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The first-call output of each layer for input `x` (one pass, stopped after the last)."""
+def layer_outputs(model: nn.Module, modules: dict[str, str], x: torch.Tensor,
+                  views: dict | None = None) -> dict[str, torch.Tensor]:
+    """The first-call output of each layer for input `x` (one pass, stopped after the last), as
+    N×C×H×W maps (through `views`, layer -> LayerView, for other layouts)."""
     outputs: dict[str, torch.Tensor] = {}
-    with FirstCalls(model, modules, outputs.__setitem__) as calls:
+    with FirstCalls(model, modules, outputs.__setitem__, views=views) as calls:
         calls.run(model, x)
     return outputs

@@ -2,8 +2,11 @@
 "how big is a unit's patch in layer L" and needs no data.
 
 `layers.parquet`, one row per layer: layer, module, layout (`nchw`; `nhwc` for channels-last
-blocks; `tokens` for a transformer's N×T×C, whose patch tokens fill the height×width grid from
-token `first_token` on), channels, height, width, units (= channels), activations (= C×H×W),
+blocks; `tokens` for a transformer's N×T×C, whose patch tokens fill the grid_h×grid_w grid from
+token `first_token` on), tokens (for token layers, which tokens are the positions: `patch`, the
+grid; `cls`, the class tokens, a 1×first_token row; `all`, every token in order, a 1×T row; empty
+for other layers), grid_h, grid_w (the patch grid; = height, width for other layers),
+channels, height, width, units (= channels), activations (= C×H×W),
 input_h, input_w (the network's input), rf_gated (True where a global gate — squeeze-and-
 excitation, a global attention pool — also lets the whole image modulate the unit: the boxes are
 then the *local* field, through spatially local paths, and rf_theory_max_h/_w give the largest
@@ -36,13 +39,14 @@ EXTRA_COLUMNS = ["ty0", "tx0", "ty1", "tx1", "cy0", "cx0", "cy1", "cx1"]
 
 
 def layer_table(model, modules: dict[str, str], input_size: tuple[int, int], probe: bool = True,
-                layouts: dict[str, str] | None = None
+                layouts: dict[str, str] | None = None, tokens: dict[str, str] | None = None
                 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The table and the per-position boxes of each layer (layer name -> module path) of any model;
-    `layouts` names the layout of layers whose fields cannot tell it."""
+    `layouts` names the layout of layers whose fields cannot tell it, `tokens` which tokens of a
+    token layer are its positions (patch, cls, all)."""
     from .receptive_field import EMPTY, layer_fields
 
-    fields, shapes = layer_fields(model, modules, input_size, probe, layouts)
+    fields, shapes = layer_fields(model, modules, input_size, probe, layouts, tokens)
     rows, boxes = [], {}
     for layer, module in modules.items():
         c, h, w = shapes[layer]
@@ -57,8 +61,11 @@ def layer_table(model, modules: dict[str, str], input_size: tuple[int, int], pro
         cell = no_pixel(f.cell if f.cell is not None else f.theory)
         boxes[layer] = rf_frame(b, theory, cell)
         affine = affine_of(b, f.jump)
+        tokens = f.view.layout == "tokens"
         row = {"layer": layer, "module": module, "layout": f.view.layout,
-               "first_token": f.view.first_token, "channels": c, "height": h, "width": w,
+               "first_token": f.view.first_token, "tokens": f.view.tokens if tokens else "",
+               "grid_h": f.view.grid[0] if tokens else h, "grid_w": f.view.grid[1] if tokens else w,
+               "channels": c, "height": h, "width": w,
                "units": c, "activations": c * h * w, "input_h": input_size[0],
                "input_w": input_size[1], "rf_gated": f.gated, "rf_cell": f.cell is not None,
                "rf_theory_max_h": int((theory[2] - theory[0]).max()),

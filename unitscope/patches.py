@@ -6,7 +6,8 @@ or, where the field covers the whole input, show what the unit sees at full size
 Patches file (`patches/L.h5`), one entry per example (top-k of every unit, bottom-k of every
 unit, activation-range examples of the shown units): `kind` (P,: 0 top, 1 bottom, 2 range),
 `unit`, `rank` (the example's place in its list), `image_id`, `box` (P×4: y0, x0, y1, x1 in input
-pixels, the unclipped field), `visible` (P×4: the box clipped to the image), `jpeg` (P,
+pixels, the unclipped field), `visible` (P×4: the box clipped to the image), `cell` (P×4, only
+for layers behind attention: the position's token cell, what the token itself stands for), `jpeg` (P,
 variable-length uint8: the visible part as RGB JPEG, quality 95, no chroma subsampling).
 Attributes: `shrink` (stored size / true size, 1 unless a visible part is larger than
 `patch_max_px`), `input_size`, `layer`. `read_patches` decodes entries; `padded` draws one
@@ -101,10 +102,22 @@ def write_entries(f: h5py.File, table: pd.DataFrame, boxes: np.ndarray, visible:
     f.create_dataset("visible", data=np.asarray(visible, np.int64).reshape(-1, 4))
 
 
+CELL = ["cy0", "cx0", "cy1", "cx1"]
+
+
+def with_cells(entries: pd.DataFrame, rf_path: str | os.PathLike) -> pd.DataFrame:
+    """The entries with their position's token cell (cy0, cx0, cy1, cx1 from the rf table) where
+    the layer has cells that differ from its fields (attention); unchanged elsewhere."""
+    rf = pd.read_parquet(rf_path)
+    if "cy0" not in rf or (rf[CELL].to_numpy() == rf[["y0", "x0", "y1", "x1"]].to_numpy()).all():
+        return entries
+    return entries.merge(rf[["y", "x", *CELL]], on=["y", "x"], how="left", validate="many_to_one")
+
+
 def cut_patches(entries: pd.DataFrame, images: ImageSource, out_path: str | os.PathLike,
                 patch_max_px: int = 128, layer: str = "") -> int:
     """Write the patches file of one layer's examples (columns kind, unit, rank, image_id, y0, x0,
-    y1, x1); returns the number of patches."""
+    y1, x1, and the token cell cy0…cx1 where given); returns the number of patches."""
     entries = entry_frame(entries).reset_index(drop=True)
     size = images.input_size
     boxes = entries[["y0", "x0", "y1", "x1"]].to_numpy(np.int64).reshape(-1, 4)
@@ -125,6 +138,8 @@ def cut_patches(entries: pd.DataFrame, images: ImageSource, out_path: str | os.P
             progress.update(1)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         write_entries(f, entries, boxes, visible, jpegs)
+        if "cy0" in entries:
+            f.create_dataset("cell", data=entries[CELL].to_numpy(np.int64))
         stamp(f, "patches", layer=layer, shrink=shrink, input_size=size,
               patch_max_px=patch_max_px)
     log.info("patches of %s: %d (stored at %.3f of their true size)", layer, len(entries), shrink)
@@ -143,13 +158,16 @@ def _shrunk(part: np.ndarray, shrink: float) -> np.ndarray:
 
 def read_index(path: str | os.PathLike, kind: str = "patches") -> pd.DataFrame:
     """kind, unit, rank, image_id, box (y0, x0, y1, x1) and visible part (vy0, vx0, vy1, vx1) of
-    every entry of a patches (or projections) file; row = entry index."""
+    every entry of a patches (or projections) file, and the token cell (cy0, cx0, cy1, cx1) where
+    the file has one; row = entry index."""
     with open_checked(path, kind) as f:
         box, vis = f["box"][:], f["visible"][:]
+        cells = {c: f["cell"][:, i] for i, c in enumerate(CELL)} if "cell" in f else {}
         return pd.DataFrame({"kind": [KINDS[k] for k in f["kind"][:]], "unit": f["unit"][:],
                              "rank": f["rank"][:], "image_id": f["image_id"][:],
                              "y0": box[:, 0], "x0": box[:, 1], "y1": box[:, 2], "x1": box[:, 3],
-                             "vy0": vis[:, 0], "vx0": vis[:, 1], "vy1": vis[:, 2], "vx1": vis[:, 3]})
+                             "vy0": vis[:, 0], "vx0": vis[:, 1], "vy1": vis[:, 2], "vx1": vis[:, 3],
+                             **cells})
 
 
 def file_attrs(path: str | os.PathLike, kind: str = "patches") -> dict:

@@ -15,6 +15,8 @@ import os
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from .models import ModelConfig, ModelSpec, factory_file, projection_method, weights_file
 
 URL = re.compile(r"^(https?|file)://")
@@ -454,11 +456,16 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
     modules = {layer: spec.aliases.get(layer) for layer in layers}
     channels = {layer: spec.channels.get(layer) for layer in layers}
     needs_model = spec.kind != "builtin" or any(m is None for m in modules.values())
+    views = {}
     if needs_model and describe_model:
-        modules, channels, spec = _describe(spec, model, layers, projection)
+        modules, channels, spec, views, projection = _describe(
+            spec, model, layers, projection, config["projection"], config.get("layouts", {}),
+            config.get("tokens", "patch"))
         if spec.input_size != (model.input_size or spec.input_size) or (
                 spec.kind == "export" and not model.input_size):
             model = dataclasses.replace(model, input_size=spec.input_size, resize_size=spec.resize_size)
+        if views:
+            model = dataclasses.replace(model, views=views)
     elif needs_model:
         modules = {layer: m or layer for layer, m in modules.items()}
 
@@ -533,28 +540,52 @@ def _check_dataset_folder(layout: Layout, identity: dict, id_given: bool) -> Non
                     f"remove {layout.data}")
 
 
-def _check_layouts(net, modules: dict[str, str], size: int) -> None:
-    """The pipeline's stages read N×C×H×W maps: a channels-last or token layer (which the layer
-    table reads, `python -m unitscope layers`) is refused by name rather than misread."""
-    from .hooks import LayerOutputError
+def _layer_views(net, modules: dict[str, str], size: int, layouts: dict[str, str],
+                 tokens: str) -> tuple[dict, set[str]]:
+    """Each layer's view (layer -> LayerView.as_dict(), for the layers that are not plain
+    N×C×H×W or whose layout the config names) and the layers that attention reaches (their
+    projection is the plain gradient). A layout the fields cannot tell is refused by name."""
     from .receptive_field import Traced, find_view, trace_tensors
 
     traced, shapes = trace_tensors(net, modules, (size, size))
+    views, attended = {}, set()
     for layer, f in traced.items():
-        if isinstance(f, Traced):
-            view = find_view(layer, f.kind("cell").planes, (1, *shapes[layer]))
-            if view.layout != "nchw":
-                what = {"nhwc": "channels-last (N×H×W×C)", "tokens": "token (N×T×C)"}[view.layout]
-                raise LayerOutputError(
-                    f"layer {layer!r} (module {modules[layer]!r}) is a {what} layer: "
-                    f"`python -m unitscope layers` gives its units and fields, but the pipeline's "
-                    f"stages read N×C×H×W maps only; choose a layer of N×C×H×W feature maps")
+        if not isinstance(f, Traced):
+            continue  # the layer table probes it; its layout is read there
+        cell = f.kind("cell").planes
+        view = find_view(layer, cell, (1, *shapes[layer]), layouts.get(layer)).reading(layer, tokens)
+        if view.layout != "nchw" or layer in layouts:
+            views[layer] = view.as_dict()
+        if view.layout == "tokens" or not np.array_equal(
+                *np.broadcast_arrays(cell[:4], f.kind("local").planes[:4])):
+            attended.add(layer)
+    return views, attended
 
 
-def _describe(spec: ModelSpec, model_cfg: ModelConfig, layers: list[str], projection: str):
+def _projection_behind_attention(setting: str, projection: str, views: dict,
+                                 attended: set[str]) -> str:
+    """Behind attention there is no ReLU rule that defines guided backpropagation or the
+    deconvnet: auto takes the plain input gradient there, an explicit choice is refused."""
+    if not attended:
+        return projection
+    layer = sorted(attended)[0]
+    tokens = views.get(layer, {}).get("layout") == "tokens"
+    what = "a token layer" if tokens else "reached by attention"
+    if setting == "auto":
+        return "gradient"
+    if projection in ("deconvnet", "guided_backprop"):
+        raise PlanError(f"config key 'projection': {projection} is defined for ReLU networks, "
+                        f"not through attention (layer {layer} is {what}); valid here: auto "
+                        f"(= gradient, the plain input gradient), gradient, none")
+    return projection
+
+
+def _describe(spec: ModelSpec, model_cfg: ModelConfig, layers: list[str], projection: str,
+              setting: str, layouts: dict[str, str], tokens: str):
     """Build the model once (random weights) to resolve module paths, check that each layer's
-    module makes one feature map, count its channels, and for a model of the user's own check
-    that the deconvnet can invert it when asked for."""
+    module makes one feature map or token sequence, count its channels, read each layer's view
+    (layout, tokens), choose the projection for layers behind attention, and for a model of the
+    user's own check that the deconvnet can invert it when asked for."""
     from .hooks import LayerOutputError
     from .models import build_model, fit_to_program, resolve_layers
     from .receptive_field import feature_sizes
@@ -571,17 +602,21 @@ def _describe(spec: ModelSpec, model_cfg: ModelConfig, layers: list[str], projec
                         f": {e}") from None
     try:
         modules = resolve_layers(spec, layers, model=net)
-        shapes = feature_sizes(net, modules, (spec.input_size, spec.input_size))
-        _check_layouts(net, modules, spec.input_size)
+        unknown = sorted(set(layouts) - set(layers))
+        if unknown:
+            raise ValueError(f"'layouts' names layers that are not in 'layers': {', '.join(unknown)}")
+        views, attended = _layer_views(net, modules, spec.input_size, layouts, tokens)
+        shapes = feature_sizes(net, modules, (spec.input_size, spec.input_size), views)
     except (LayerOutputError, ValueError) as e:
         raise PlanError(f"config key 'layers': {e}") from None
     except RuntimeError as e:
         raise PlanError(f"config key 'model': the model fails on a {spec.input_size}×"
                         f"{spec.input_size} input: {str(e).splitlines()[0]}") from None
+    projection = _projection_behind_attention(setting, projection, views, attended)
     if projection == "deconvnet" and spec.kind != "builtin":
         from .projections import deconvnet_refusal
 
         reason = deconvnet_refusal(net, modules, spec.input_size)
         if reason:
             raise PlanError(f"config key 'projection': {reason}")
-    return modules, {layer: shapes[layer][0] for layer in layers}, spec
+    return modules, {layer: shapes[layer][0] for layer in layers}, spec, views, projection

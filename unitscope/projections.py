@@ -2,7 +2,8 @@
 keep only the chosen unit's activation at its peak, zero every other activation of the layer, and
 pass it back down — max-unpooling with the switches recorded in the forward pass, rectification,
 and the transposed filters of each convolution. Guided backpropagation (Springenberg et al. 2015)
-differs only at the ReLUs: it also keeps the forward pass's mask.
+differs only at the ReLUs: it also keeps the forward pass's mask. Behind attention neither rule
+is defined; there the projection is the plain input gradient (`gradient`), named as such.
 
 Both are backpropagation with the ReLU's backward rule replaced, so they run as one autograd pass
 under a TorchFunctionMode that swaps each ReLU for a function with that rule (max-pool's own
@@ -18,6 +19,7 @@ the 99.5th percentile of |value| over the visible part; larger values are clippe
 `method`, `display_scale` (the rule), `shrink`."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -36,7 +38,7 @@ from .provenance import stamp
 
 log = logging.getLogger("unitscope")
 
-METHODS = ("deconvnet", "guided_backprop")
+METHODS = ("deconvnet", "guided_backprop", "gradient")
 DISPLAY_PERCENTILE = 99.5
 _RELU = {"relu", "relu_", "threshold", "threshold_"}
 _CLAMPS = {"relu6", "hardtanh", "hardtanh_", "clamp", "clamp_", "clamp_min", "clamp_min_"}
@@ -186,19 +188,21 @@ def deconvnet_refusal(model: torch.nn.Module, modules: dict[str, str], input_siz
 
 
 def project(model: torch.nn.Module, module: str, x: torch.Tensor, units, ys, xs,
-            method: str = "deconvnet") -> torch.Tensor:
+            method: str = "deconvnet", view=None) -> torch.Tensor:
     """For each image b of x (B×3×H×W, normalised), the projection to input space of unit
     units[b] at feature position (ys[b], xs[b]) of `module` (its first call): every other
     activation of the layer set to zero, that one kept at its value, passed back down.
-    Returns B×3×H×W."""
+    Returns B×3×H×W. `gradient` is the plain input gradient; `view` reads a layer that is not
+    N×C×H×W."""
     if method not in METHODS:
         raise ValueError(f"projection {method!r}; valid: none, {', '.join(METHODS)}")
     captured = {}
     x = x.detach().clone().requires_grad_(True)
-    mode = _Projecting(method)
-    with torch.enable_grad(), FirstCalls(model, {"layer": module}, captured.__setitem__) as calls, mode:
+    mode = _Projecting(method) if method != "gradient" else contextlib.nullcontext()
+    with torch.enable_grad(), FirstCalls(model, {"layer": module}, captured.__setitem__,
+                                         views={"layer": view} if view else None) as calls, mode:
         calls.run(model, x)
-    if mode.foreign:
+    if getattr(mode, "foreign", None):
         raise DeconvnetUnsupported(_refusal(mode.foreign))
     out = captured["layer"]
     b = torch.arange(len(x))
@@ -223,7 +227,7 @@ def to_display(proj: np.ndarray) -> tuple[np.ndarray, float]:
 
 def write_projections(entries: pd.DataFrame, images: ImageSource, out_path: str | os.PathLike,
                       model: torch.nn.Module, module: str, mean, std, method: str,
-                      patch_max_px: int = 128, batch_size: int = 8) -> int:
+                      patch_max_px: int = 128, batch_size: int = 8, view=None) -> int:
     """Projections of the given examples (columns kind, unit, rank, image_id, y, x, y0, x0, y1,
     x1), each over the visible part of its box. Batches of 8: on the CPU the backward pass is
     fastest per image there (a batch of 16 no longer fits the caches: about 1.6x slower)."""
@@ -248,7 +252,7 @@ def write_projections(entries: pd.DataFrame, images: ImageSource, out_path: str 
         x = ((torch.from_numpy(batch).permute(0, 3, 1, 2).float() - mean_t) / std_t
              ).contiguous(memory_format=torch.channels_last)
         proj = project(model, module, x, rows["unit"].to_numpy(), rows["y"].to_numpy(),
-                       rows["x"].to_numpy(), method).permute(0, 2, 3, 1).numpy()
+                       rows["x"].to_numpy(), method, view).permute(0, 2, 3, 1).numpy()
         for i, p in enumerate(proj):
             vy0, vx0, vy1, vx1 = visible[s + i]
             img, scale = to_display(p[vy0:vy1, vx0:vx1])

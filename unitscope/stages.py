@@ -52,7 +52,10 @@ def layers(model: dict, names: list[str], table: str, rf: list[str] | None = Non
     spec = cfg.spec()
     net = build_model(spec, weights=None, seed=cfg.seed)
     modules = resolve_layers(spec, list(names), model=net)
-    t, boxes = layer_table(net, modules, (spec.input_size, spec.input_size))
+    views = cfg.layer_views()
+    t, boxes = layer_table(net, modules, (spec.input_size, spec.input_size),
+                           layouts={k: v.layout for k, v in views.items()},
+                           tokens={k: v.tokens for k, v in views.items()})
     write_layer_table(t, boxes, table, dict(zip(names, rf)) if rf else None)
 
 
@@ -121,12 +124,15 @@ def ranges_part(activations: list[str], manifest: str, table: str, rf: str, unit
 
 def patches(top: str, manifest: str, model: dict, layer: str, out: str, patch_max_px: int = 128,
             bottom: str | None = None, ranges: str | None = None,
-            inputs: list[str] | None = None) -> None:
-    """Cut the patches of a layer's examples (top-k and bottom-k of every unit, range examples)."""
+            inputs: list[str] | None = None, rf: str | None = None) -> None:
+    """Cut the patches of a layer's examples (top-k and bottom-k of every unit, range examples),
+    with each example's token cell where the layer's cells differ from its fields (`rf`)."""
     from .examples import layer_examples
-    from .patches import cut_patches
+    from .patches import cut_patches, with_cells
 
     entries = layer_examples(top, bottom, ranges)
+    if rf:
+        entries = with_cells(entries, rf)
     with _images(manifest, model, inputs) as images:
         cut_patches(entries, images, out, patch_max_px, layer)
 
@@ -142,7 +148,8 @@ def _shown_examples(top, bottom, ranges, shown, figure, k=None):
 
 
 def _network(model: dict, layer: str, threads: int):
-    """(spec, network with its weights, module path of `layer`), torch on `threads` threads."""
+    """(spec, network with its weights, module path of `layer`, the layer's view or None),
+    torch on `threads` threads."""
     import torch
 
     from .models import ModelConfig, build_model, resolve_layers
@@ -151,7 +158,7 @@ def _network(model: dict, layer: str, threads: int):
     cfg = ModelConfig.from_dict(model)
     spec = cfg.spec()
     net = build_model(spec, cfg.weights, cfg.seed)
-    return spec, net, resolve_layers(spec, [layer], model=net)[layer]
+    return spec, net, resolve_layers(spec, [layer], model=net)[layer], cfg.layer_views().get(layer)
 
 
 def projections(top: str, shown: str, manifest: str, model: dict, layer: str, method: str,
@@ -160,25 +167,30 @@ def projections(top: str, shown: str, manifest: str, model: dict, layer: str, me
     """Deconvnet / guided-backprop projections of the shown units' examples."""
     from .projections import write_projections
 
-    spec, net, module = _network(model, layer, threads)
+    spec, net, module, view = _network(model, layer, threads)
     entries = _shown_examples(top, bottom, ranges, shown, figure)
     with _images(manifest, model, inputs) as images:
-        write_projections(entries, images, out, net, module, spec.mean, spec.std, method, patch_max_px)
+        write_projections(entries, images, out, net, module, spec.mean, spec.std, method,
+                          patch_max_px, view=view)
 
 
 def verify(top: str, shown: str, manifest: str, model: dict, layer: str, out: str,
            figure: str = "top", precision: str = "fp32", bottom: str | None = None,
-           level: str = "shown", threads: int = 1) -> None:
+           level: str = "shown", threads: int = 1, rf: str | None = None) -> None:
     """Rerun the network on the shown examples and check their stored activations (`level` all:
-    also every unit's rank-0 top and bottom example, one forward pass per distinct image)."""
+    also every unit's rank-0 top and bottom example, one forward pass per distinct image); the
+    effective field is centred on each position's cell where the layer has tokens (`rf`)."""
     import pandas as pd
 
     from .examples import layer_examples
     from .verify import verify_examples
 
-    spec, net, module = _network(model, layer, threads)
+    spec, net, module, view = _network(model, layer, threads)
     entries = _shown_examples(top, bottom, None, shown, figure)
     entries = entries[entries["kind"] != "range"]
+    if rf and view is not None and view.layout == "tokens":
+        cells = pd.read_parquet(rf, columns=["y", "x", "cy0", "cx0", "cy1", "cx1"])
+        entries = entries.merge(cells, on=["y", "x"], how="left")
     if level == "all":  # every unit's rank-0 rows too, checked in the same forward passes
         rest = layer_examples(top, bottom, None, kinds=("top", "bottom"), max_rank=1)
         done = set(zip(entries["kind"], entries["unit"], entries["rank"]))
@@ -188,7 +200,8 @@ def verify(top: str, shown: str, manifest: str, model: dict, layer: str, out: st
         checked = entries
     with _images(manifest, model, None) as images:  # from the source files, whatever the store says
         verify_examples(checked, images, net, module, spec.mean, spec.std, precision, layer, out,
-                        measure=entries[entries["rank"] == 0])  # the shown units' strongest
+                        measure=entries[entries["rank"] == 0],  # the shown units' strongest
+                        view=view)
 
 
 def classes(model: dict, names: list[str], out: str) -> None:
@@ -221,6 +234,10 @@ def grids(patches: str, units: str, shown: str, table: str, manifest: str, layer
                        input_size=int(row["input_h"]), rf=rf, rf_affine=bool(row["rf_affine"]),
                        erf=erf, picked=picked, notes=list(doc.get("notes", [])),
                        n_images=len(pd.read_parquet(manifest, columns=["image_id"])),
+                       layout=str(row.get("layout", "nchw")), tokens=str(row.get("tokens", "")),
+                       cell=bool(row.get("rf_cell", False)),
+                       gated=((int(row["rf_theory_max_h"]), int(row["rf_theory_max_w"]))
+                              if bool(row.get("rf_gated", False)) else None),
                        **(facts or {}))
     draw_grids(patches, units, doc, out, unit_dir, display_px, k, info, projections, panels, figure)
 

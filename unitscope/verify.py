@@ -114,7 +114,8 @@ def _judge(r, recomputed: float, m: np.ndarray, scale: float, tol: float, layer:
 
 
 def check_values(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Module, module: str,
-                 mean, std, precision: str = "fp32", layer: str = "", batch_size: int = 8) -> pd.DataFrame:
+                 mean, std, precision: str = "fp32", layer: str = "", batch_size: int = 8,
+                 view=None) -> pd.DataFrame:
     """Check the stored value and position of every example row with one forward pass per
     distinct image (no gradients: the effective field is not measured, erf_px = -1)."""
     tol = TOLERANCE.get(precision, TOLERANCE["fp32"])
@@ -132,7 +133,8 @@ def check_values(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Mo
         x = ((torch.from_numpy(np.stack([images[i] for i in part])).permute(0, 3, 1, 2).float()
               - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
         captured = {}
-        with torch.no_grad(), FirstCalls(model, {"layer": module}, captured.__setitem__) as calls:
+        with torch.no_grad(), FirstCalls(model, {"layer": module}, captured.__setitem__,
+                                         views={"layer": view} if view else None) as calls:
             calls.run(model, x)
         fmap = captured["layer"].float().numpy()
         where = {int(i): j for j, i in enumerate(part)}
@@ -149,15 +151,18 @@ def check_values(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Mo
 def verify_examples(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Module,
                     module: str, mean, std, precision: str = "fp32", layer: str = "",
                     out_path: str | os.PathLike | None = None, batch_size: int = 8,
-                    measure: pd.DataFrame | None = None) -> pd.DataFrame:
+                    measure: pd.DataFrame | None = None, view=None) -> pd.DataFrame:
     """Check every example row (kind, unit, rank, image_id, activation, y, x, y0, x0, y1, x1):
     value and position, one forward pass per distinct image (`check_values`); and measure the
     effective receptive field of the rows of `measure` (default: each unit's rank-0 row of each
-    kind; one backward pass each). Raises VerificationError on the first mismatch."""
-    table = check_values(examples, images, model, module, mean, std, precision, layer, batch_size)
+    kind; one backward pass each), centred on the token's cell where the rows have one (cy0, cx0,
+    cy1, cx1). `view` reads a layer that is not N×C×H×W. Raises VerificationError on the first
+    mismatch."""
+    table = check_values(examples, images, model, module, mean, std, precision, layer, batch_size,
+                         view)
     measured = (examples[examples["rank"] == 0] if measure is None else measure).reset_index(drop=True)
     if len(measured):
-        sizes = effective_fields(measured, images, model, module, mean, std, batch_size, layer)
+        sizes = effective_fields(measured, images, model, module, mean, std, batch_size, layer, view)
         key = ["kind", "unit", "rank"]
         erf = measured[key].assign(erf_px=sizes)
         table = table.drop(columns="erf_px").merge(erf, on=key, how="left")
@@ -176,10 +181,11 @@ def verify_examples(examples: pd.DataFrame, images: ImageSource, model: torch.nn
 
 
 def effective_fields(examples: pd.DataFrame, images: ImageSource, model: torch.nn.Module,
-                     module: str, mean, std, batch_size: int = 8, layer: str = "") -> list[int]:
+                     module: str, mean, std, batch_size: int = 8, layer: str = "",
+                     view=None) -> list[int]:
     """The effective receptive field (px) of each example row: the input gradient of its
     activation at its position (clamps passing the gradient through their cap), one backward
-    pass per row."""
+    pass per row; centred on the row's cell (cy0…cx1) where it has one, else on its box."""
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     sizes: list[int] = []
@@ -192,7 +198,8 @@ def effective_fields(examples: pd.DataFrame, images: ImageSource, model: torch.n
         x = ((torch.from_numpy(batch).permute(0, 3, 1, 2).float() - mean_t) / std_t
              ).contiguous(memory_format=torch.channels_last).requires_grad_(True)
         captured = {}
-        with torch.enable_grad(), FirstCalls(model, {"layer": module}, captured.__setitem__) as calls, \
+        with torch.enable_grad(), FirstCalls(model, {"layer": module}, captured.__setitem__,
+                                             views={"layer": view} if view else None) as calls, \
                 through_caps():
             calls.run(model, x)
         fmap = captured["layer"]
@@ -201,7 +208,9 @@ def effective_fields(examples: pd.DataFrame, images: ImageSource, model: torch.n
         yy, xx = part["y"].to_numpy(), part["x"].to_numpy()
         fmap[b, u, torch.as_tensor(yy.copy()), torch.as_tensor(xx.copy())].sum().backward(inputs=[x])
         mass = x.grad.detach().abs().sum(1).numpy()
-        sizes += [effective_size(mass[i], ((r.y0 + r.y1) / 2, (r.x0 + r.x1) / 2))
-                  for i, r in enumerate(part.itertuples())]
+        c = ("cy0", "cx0", "cy1", "cx1") if "cy0" in part else ("y0", "x0", "y1", "x1")
+        boxes = part[list(c)].to_numpy(np.float64)
+        sizes += [effective_size(mass[i], ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2))
+                  for i, b in enumerate(boxes)]
         progress.update(len(part))
     return sizes

@@ -142,6 +142,7 @@ class ModelConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     decode: str = "full"
+    views: dict | None = None  # layer -> LayerView.as_dict(), set by the plan for other layouts
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -163,8 +164,18 @@ class ModelConfig:
         return cls(name=ref, **kw)
 
     def as_dict(self) -> dict:
-        """Plain values (lists for tuples), for Snakemake params and JSON."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Plain values (lists for tuples), for Snakemake params and JSON (no `views` where every
+        layer is N×C×H×W)."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        if not self.views:
+            del d["views"]
+        return d
+
+    def layer_views(self) -> dict:
+        """layer -> LayerView of the layers that are not N×C×H×W (as the plan found them)."""
+        from ..receptive_field.layout import LayerView
+
+        return {layer: LayerView.from_dict(v) for layer, v in (self.views or {}).items()}
 
     def spec(self) -> ModelSpec:
         """The ModelSpec, with this config's preprocessing overrides applied."""

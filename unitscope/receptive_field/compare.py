@@ -14,7 +14,7 @@ from torch import nn
 from ..geometry import UnknownReceptiveField
 from .boxes import EMPTY
 from .layout import LayerView, find_view
-from .probe import probe_elements
+from .probe import probe_elements, verify_elements
 from .walk import Traced, Unknown, trace_tensors
 
 
@@ -50,12 +50,15 @@ class FieldMismatch(ValueError):
 
 
 def layer_fields(model: nn.Module, modules: dict[str, str], input_size: tuple[int, int],
-                 probe: bool = True, layouts: dict[str, str] | None = None
+                 probe: bool = True, layouts: dict[str, str] | None = None,
+                 tokens: dict[str, str] | None = None
                  ) -> tuple[dict[str, LayerField], dict[str, tuple[int, int, int]]]:
     """Each layer's field and output shape (C, H, W as the layer's view reads it). With
     `probe`, the walk's support is checked against the probe's at every position, for every kind
-    of field that differs from the local one; layers the walk cannot follow take the probe's."""
-    layouts = layouts or {}
+    of field that differs from the local one; layers the walk cannot follow take the probe's.
+    `layouts` decides a layer's layout where its fields cannot; `tokens` which tokens of a token
+    layer are its positions (patch, cls, all; default patch)."""
+    layouts, tokens = layouts or {}, tokens or {}
     traced, raw_shapes = trace_tensors(model, modules, input_size)
     unknown = {layer for layer, f in traced.items() if isinstance(f, Unknown)}
     if not probe and unknown:
@@ -66,7 +69,8 @@ def layer_fields(model: nn.Module, modules: dict[str, str], input_size: tuple[in
     for layer, f in traced.items():
         if isinstance(f, Traced):
             shape = (1, *raw_shapes[layer])
-            views[layer] = find_view(layer, f.kind("cell").planes, shape, layouts.get(layer))
+            views[layer] = find_view(layer, f.kind("cell").planes, shape, layouts.get(layer)
+                                     ).reading(layer, tokens.get(layer, "patch"))
             v = views[layer]
             walked[layer] = {k: v.positions(f.kind(k).planes, shape, image_hw)
                              for k in ("theory", "local", "cell")}
@@ -76,12 +80,18 @@ def layer_fields(model: nn.Module, modules: dict[str, str], input_size: tuple[in
     if unknown or any(views[lay].layout == "tokens" or not np.array_equal(w["cell"][:4], w["local"][:4])
                       for lay, w in walked.items()):
         kinds.append("cell")
-    probed = probe_elements(model, modules, input_size, tuple(kinds)) if probe else {}
+    if probe and not unknown:
+        # the walk knows every layer: the probe checks its boxes at the thresholds that decide
+        # them; only a kind that fails is measured in full, for the message naming the position
+        expect = {k: {layer: f.kind(k).planes[:4] for layer, f in traced.items()} for k in kinds}
+        kinds = [k for k in kinds if not verify_elements(model, modules, input_size, k, expect[k])]
+    probed = probe_elements(model, modules, input_size, tuple(kinds)) if probe and kinds else {}
     result, shapes = {}, {}
     for layer in modules:
         shape = (1, *raw_shapes[layer])
         if layer in unknown:
-            views[layer] = find_view(layer, probed["cell"][layer], shape, layouts.get(layer))
+            views[layer] = find_view(layer, probed["cell"][layer], shape, layouts.get(layer)
+                                     ).reading(layer, tokens.get(layer, "patch"))
             v = views[layer]
             sup = {k: v.positions(probed[k][layer], shape, image_hw) for k in ("theory", "local", "cell")}
             cell = sup["cell"] if not np.array_equal(sup["cell"], sup["local"]) else None
@@ -122,11 +132,15 @@ def _check(layer: str, module: str, kind: str, walk: np.ndarray, probed: np.ndar
 
 
 def feature_sizes(model: nn.Module, modules: Iterable[str] | dict[str, str],
-                  input_size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
-    """Output shape (C, H, W) of each named module (first call) for one input of `input_size`."""
+                  input_size: tuple[int, int], views: dict | None = None
+                  ) -> dict[str, tuple[int, ...]]:
+    """Output shape (C, H, W) of each named module (first call) for one input of `input_size`,
+    read through `views` (layer -> LayerView or its dict) where a layer has one."""
     from ..hooks import layer_outputs
 
     mods = modules if isinstance(modules, dict) else {m: m for m in modules}
+    views = {k: v if isinstance(v, LayerView) else LayerView.from_dict(v)
+             for k, v in (views or {}).items()}
     with torch.inference_mode():
-        outs = layer_outputs(model, mods, torch.zeros(1, 3, *input_size))
+        outs = layer_outputs(model, mods, torch.zeros(1, 3, *input_size), views)
     return {k: tuple(int(s) for s in v.shape[1:]) for k, v in outs.items()}

@@ -5,9 +5,14 @@ of Swin, ConvNeXt and MaxViT) or N×T×C (`tokens`, ViT: a token per cell of the
 class tokens that sit on no cell). The positional axes are those along which the centre of the
 elements' fields moves; channels are the rest (concatenated branches may change a field's size
 along the channels, never its centre). `LayerView.maps` turns an output into N×C×H×W maps, so every
-later stage (maxima, top-k, projections) reads any layout the same way."""
+later stage (maxima, top-k, projections) reads any layout the same way.
+
+A token layer's units are read over its patch tokens (`tokens: patch`, the grid is the map), its
+class tokens alone (`cls`: a 1×T map, T the number of class tokens) or every token (`all`: a 1×T
+map in token order, class tokens first)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,26 +22,55 @@ from ..hooks import LayerOutputError
 from .boxes import EMPTY, union_over
 
 LAYOUTS = ("nchw", "nhwc", "tokens")
+TOKENS = ("patch", "cls", "all")
 
 
 @dataclass(frozen=True)
 class LayerView:
-    """How to read a layer's output: `layout`; for tokens, the index of the first patch token
-    and the patch grid (gh, gw) the patch tokens fill in row-major order."""
+    """How to read a layer's output: `layout`; for tokens, the index of the first patch token,
+    the patch grid (gh, gw) the patch tokens fill in row-major order, and which tokens count."""
 
     layout: str = "nchw"
     first_token: int = 0
     grid: tuple[int, int] = (0, 0)
+    tokens: str = "patch"
+
+    def _span(self) -> tuple[int, int]:
+        """The tokens read, [start, stop), and whether they form the grid."""
+        gh, gw = self.grid
+        return {"patch": (self.first_token, self.first_token + gh * gw),
+                "cls": (0, self.first_token), "all": (0, self.first_token + gh * gw)}[self.tokens]
 
     def maps(self, out: torch.Tensor) -> torch.Tensor:
-        """The output as N×C×H×W maps (patch tokens only, for tokens)."""
+        """The output as N×C×H×W maps (for tokens: the grid of patch tokens, or a 1×T row)."""
         if self.layout == "nchw":
             return out
         if self.layout == "nhwc":
             return out.permute(0, 3, 1, 2)
-        gh, gw = self.grid
-        patch = out[:, self.first_token:self.first_token + gh * gw, :]
-        return patch.transpose(1, 2).reshape(out.shape[0], out.shape[2], gh, gw)
+        a, b = self._span()
+        h, w = self.hw((out.shape[1], out.shape[2]))[1:]
+        return out[:, a:b, :].transpose(1, 2).reshape(out.shape[0], out.shape[2], h, w)
+
+    def as_dict(self) -> dict:
+        """Plain values (for a config and a table row)."""
+        return {"layout": self.layout, "first_token": self.first_token,
+                "grid": list(self.grid), "tokens": self.tokens}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayerView":
+        return cls(d.get("layout", "nchw"), int(d.get("first_token", 0)),
+                   tuple(int(v) for v in d.get("grid", (0, 0))), d.get("tokens", "patch"))
+
+    def reading(self, layer: str, tokens: str) -> "LayerView":
+        """This view reading `tokens` (patch, cls, all); a layer without class tokens has no cls."""
+        if tokens not in TOKENS:
+            raise ValueError(f"tokens {tokens!r}; valid: {', '.join(TOKENS)}")
+        if self.layout != "tokens":
+            return self
+        if tokens == "cls" and self.first_token == 0:
+            raise LayerOutputError(f"layer {layer}: tokens: cls, but its tokens are all patch "
+                                   f"tokens (no class token); use tokens: patch")
+        return dataclasses.replace(self, tokens=tokens)
 
     def positions(self, planes: np.ndarray, shape: tuple[int, ...], image_hw) -> np.ndarray:
         """Per-element planes (k, *shape) (shape with the batch axis) as per-position (k, H, W):
@@ -52,8 +86,9 @@ class LayerView:
             return p[:, 0]
         if self.layout == "nhwc":
             return p[:, 0]
-        gh, gw = self.grid
-        return p[:, 0, self.first_token:self.first_token + gh * gw].reshape(k, gh, gw)
+        a, b = self._span()
+        _, h, w = self.hw(shape[1:])
+        return p[:, 0, a:b].reshape(k, h, w)
 
     def hw(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
         """(C, H, W) of an output of `shape` (without the batch axis)."""
@@ -61,7 +96,10 @@ class LayerView:
             return tuple(shape)
         if self.layout == "nhwc":
             return shape[2], shape[0], shape[1]
-        return shape[1], self.grid[0], self.grid[1]
+        if self.tokens == "patch":
+            return shape[1], self.grid[0], self.grid[1]
+        a, b = self._span()
+        return shape[1], 1, b - a
 
 
 def find_view(layer: str, planes: np.ndarray, shape: tuple[int, ...], hint: str | None = None
@@ -109,18 +147,22 @@ def find_view(layer: str, planes: np.ndarray, shape: tuple[int, ...], hint: str 
 
 
 def _token_view(layer: str, box: np.ndarray, shape) -> LayerView:
+    """Class tokens first (no cell, or one that is not a cell of the grid: a pooled token), then
+    the patch tokens in row-major order on a grid."""
     cell = np.stack([box[0].min(-1)[0], box[1].min(-1)[0], box[2].max(-1)[0], box[3].max(-1)[0]])
     on_grid = cell[0] < EMPTY // 2
-    first = int(np.argmax(on_grid)) if on_grid.any() else len(on_grid)
-    patch = cell[:, first:]
-    if not on_grid.any() or not on_grid[first:].all():
+    if not on_grid.any():
+        raise LayerOutputError(f"layer {layer}: no token sits on a patch cell")
+    first = int(np.argmax(on_grid))
+    if not on_grid[first:].all():
         raise LayerOutputError(f"layer {layer}: its tokens do not follow the class tokens on a "
-                               f"patch grid (no cell for token {first + int(np.argmin(on_grid[first:]))})"
-                               if on_grid.any() else f"layer {layer}: no token sits on a patch cell")
-    ys, xs = np.unique(patch[0]), np.unique(patch[1])
-    gh, gw = len(ys), len(xs)
-    if gh * gw != patch.shape[1] or not (
-            (patch[0] == np.repeat(ys, gw)).all() and (patch[1] == np.tile(xs, gh)).all()):
-        raise LayerOutputError(f"layer {layer}: its {patch.shape[1]} patch tokens do not fill a "
-                               f"grid in row-major order")
-    return LayerView("tokens", first, (gh, gw))
+                               f"patch grid (no cell for token {first + int(np.argmin(on_grid[first:]))})")
+    for start in range(first, min(first + 9, cell.shape[1])):
+        patch = cell[:, start:]
+        ys, xs = np.unique(patch[0]), np.unique(patch[1])
+        gh, gw = len(ys), len(xs)
+        if gh * gw == patch.shape[1] and (patch[0] == np.repeat(ys, gw)).all() and \
+                (patch[1] == np.tile(xs, gh)).all():
+            return LayerView("tokens", start, (gh, gw))
+    raise LayerOutputError(f"layer {layer}: its {cell.shape[1] - first} patch tokens do not fill a "
+                           f"grid in row-major order")

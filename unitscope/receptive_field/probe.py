@@ -25,7 +25,7 @@ from ..hooks import FirstCalls
 from .boxes import EMPTY, compress
 from .ops import (_ADAPTIVE, _AVG_POOLS, _CONVS, _MAX_POOLS, _op_name, _pair, _tensors, call_arg,
                   conv_args)
-from .walk import ATTENTION, CONSTANT, DIMS_ONLY, LAYOUT, MATMUL, POINTWISE, SOFTMAX
+from .walk import ATTENTION, CONSTANT, DIMS_ONLY, LAYOUT, MASKED_LOGIT, MATMUL, POINTWISE, SOFTMAX
 
 _REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp",
            "nansum", "nanmean", "prod", "linalg_vector_norm"}
@@ -37,7 +37,7 @@ _IDENTITY = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "sigmoid", "sigm
              "threshold_", "erf", "reciprocal", "sign", "batch_norm", "instance_norm",
              "group_norm", "layer_norm", "local_response_norm", "dropout", "dropout_",
              "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "dropout2d",
-             "nan_to_num", "masked_fill", "masked_fill_"}
+             "nan_to_num"}
 _TUPLE_NORMS = {"native_batch_norm": 3, "_native_batch_norm_legit": 3,
                 "_native_batch_norm_legit_no_training": 3, "native_layer_norm": 3,
                 "native_group_norm": 3, "native_dropout": 2}
@@ -117,9 +117,10 @@ class _OrNetwork(TorchFunctionMode):
         if name in DIMS_ONLY or name in LAYOUT:
             return func(*self._zeros_for_constants(args),
                         **{k: self._zeros_for_constants(v) for k, v in kwargs.items()})
-        if name in SOFTMAX:
+        if name in SOFTMAX:  # a masked logit (-1) weighs nothing: its weight is a masked 0 (-1)
             d = call_arg(args, kwargs, 1, "dim")
-            return _lean(x).amax(d if d is not None else -1, keepdim=True).expand(x.shape)
+            row = _lean(x).amax(d if d is not None else -1, keepdim=True).clamp_min(0).expand(x.shape)
+            return torch.where(x < 0, x, row) if bool((x < 0).any()) else row
         if name in _REDUCE:
             return self._reduce(name, args, kwargs, x)
         if name in POINTWISE:
@@ -212,6 +213,24 @@ class _OrNetwork(TorchFunctionMode):
         return out
 
     def _pointwise(self, name, args, kwargs):
+        """The "or" of the features; a gate left out (local and cell kinds). A masked attention
+        logit (an added constant <= MASKED_LOGIT, or one filled in) is -1: it stays -1 where every
+        operand is masked, as the walk's flags do."""
+        out = self._or(name, args, kwargs)
+        mask = None
+        if name in ("add", "add_"):
+            for c in _tensors(args) + _tensors(kwargs):
+                if not self._is(c) and c.is_floating_point() and bool((c <= MASKED_LOGIT).any()):
+                    mask = (c <= MASKED_LOGIT) if mask is None else mask | (c <= MASKED_LOGIT)
+        elif name in ("masked_fill", "masked_fill_"):
+            value = call_arg(args, kwargs, 2, "value")
+            if (not isinstance(value, torch.Tensor) or value.numel() == 1) and float(value) <= MASKED_LOGIT:
+                mask = call_arg(args, kwargs, 1, "mask")
+        if mask is not None:
+            out = torch.where(mask, torch.tensor(-1.0), out)
+        return out
+
+    def _or(self, name, args, kwargs):
         tensors = [a for a in _tensors(args) + _tensors(kwargs)]
         feats = [a for a in tensors if self._is(a)]
         if name in ("where",) and any(self._is(a) for a in args[1:3]):
@@ -258,10 +277,15 @@ class _OrNetwork(TorchFunctionMode):
         if name == "addbmm":
             shape = (a.shape[-2], b.shape[-1])
         parts = []
+        masked = self._is(a) and self._is(b) and name in ("matmul", "bmm", "__matmul__") \
+            and bool((a < 0).any())
         if self._is(a):
-            parts.append(a.amax(-1, keepdim=True))
+            parts.append(a.amax(-1, keepdim=True).clamp_min(0))
         if self._is(b) and not (self.kind == "cell" and parts):
-            parts.append(b.amax(-2, keepdim=True))
+            # b's rows count where a's weight is not masked (-1): for each output row, an "or"
+            # over the unmasked ones, as a product with the 0/1 matrix of a's unmasked weights
+            parts.append(((a >= 0).float() @ _narrow(b) > 0).float() if masked
+                         else b.amax(-2, keepdim=True))
         if name == "addbmm":
             parts = [p.amax(0) for p in parts]
         out = parts[0]
@@ -315,6 +339,15 @@ def _lean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _narrow(t: torch.Tensor) -> torch.Tensor:
+    """`t` lean, and 1 wide along its last axis where every column is the same (the channels of
+    an attention head's values): a product with it then costs one column."""
+    t = _lean(t)
+    if t.shape[-1] > 1 and bool((t == t[..., :1]).all()):
+        t = t[..., :1]
+    return t
+
+
 def _window_max(x: torch.Tensor, kernel, stride, pads, dilation) -> torch.Tensor:
     """The max over each (dilated) window of the zero-padded input, per channel."""
     if tuple(kernel) == (1, 1) and not any(pads):
@@ -341,6 +374,63 @@ def probe_elements(model: nn.Module, modules: dict[str, str], input_size: tuple[
     return result
 
 
+def _threshold_images(axis: int, low: bool, part: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Threshold images (len(part)×3×h×w): 1 on the rows (axis 0) or columns (axis 1) below
+    each threshold r (`low`), or at and above it."""
+    at = torch.arange(h if axis == 0 else w)
+    lit = ((at[None, :] < part[:, None]) if low else (at[None, :] >= part[:, None])).float()
+    return (lit[:, None, :, None] if axis == 0 else lit[:, None, None, :]).expand(
+        len(part), 3, h, w).contiguous()
+
+
+# (axis, low side, edge plane): rows < r find y0, rows >= r find y1, columns likewise
+SWEEPS = ((0, True, 0), (0, False, 2), (1, True, 1), (1, False, 3))
+
+
+def verify_elements(model: nn.Module, modules: dict[str, str], input_size: tuple[int, int],
+                    kind: str, expect: dict[str, np.ndarray], chunk: int = 64) -> bool:
+    """Whether every element of each layer has the support `expect` gives it ((4, ...) planes
+    y0, x0, y1, x1 broadcastable to the output, batch axis first; EMPTY where none), run on the
+    "or" network at only the thresholds that decide it. An element's output on "rows < r" is
+    1 exactly when y0 < r, which is monotone in r: it is 0 at r = y0 and 1 at r = y0 + 1 if and
+    only if its support starts at row y0. So the thresholds {y0, y0 + 1} of every element (and
+    the last one, where an element that sees nothing must stay 0) check every box completely,
+    at a fraction of the 2·(H+W) images that measure it."""
+    from ..models import batch_limit
+
+    chunk = batch_limit(model, chunk)
+    h, w = input_size
+    try:
+        for axis, low, edge in SWEEPS:
+            n = h if axis == 0 else w
+            wanted = {n if low else 0}
+            for planes in expect.values():
+                e = planes[edge]
+                vals = np.unique(e[np.abs(e) < EMPTY // 2])
+                if len(vals) and (vals.min() < 0 or vals.max() > n):
+                    return False  # a support lies inside the image
+                wanted |= set((vals + (0 if low else -1)).tolist()) | set((vals + (1 if low else 0)).tolist())
+            ts = sorted(t for t in wanted if (1 <= t <= n if low else 0 <= t < n))
+            for s in range(0, len(ts), chunk):
+                part = torch.tensor(ts[s:s + chunk])
+                x = _threshold_images(axis, low, part, h, w)
+                outputs: dict[str, torch.Tensor] = {}
+                with torch.no_grad(), FirstCalls(model, modules, outputs.__setitem__, any_shape=True) as calls:
+                    with _OrNetwork(x, kind):
+                        calls.run(model, x)
+                for layer, out in outputs.items():
+                    got = (_lean(out.detach()) > 0).numpy()
+                    e = expect[layer][edge]
+                    e = e.reshape(*([1] * (got.ndim - e.ndim)), *e.shape)
+                    r = part.numpy().reshape(-1, *([1] * (got.ndim - 1)))
+                    want = (e < r) if low else (e > r)
+                    if (np.broadcast_to(got, np.broadcast_shapes(got.shape, want.shape)) != want).any():
+                        return False
+    except (RuntimeError, ValueError, IndexError, TypeError):
+        return False
+    return True
+
+
 def _probe(model, modules, input_size, chunk, kind) -> dict[str, np.ndarray]:
     h, w = input_size
     # (axis, low side?) -> thresholds: rows < r (r = 1..h) find y0; rows >= r (r = 0..h-1) find y1
@@ -351,17 +441,13 @@ def _probe(model, modules, input_size, chunk, kind) -> dict[str, np.ndarray]:
         thresholds = list(thresholds)
         for s in range(0, len(thresholds), chunk):
             part = torch.tensor(thresholds[s:s + chunk])
-            at = torch.arange(h if axis == 0 else w)
-            lit = (at[None, :] < part[:, None]) if low else (at[None, :] >= part[:, None])
-            lit = lit.float()
-            x = (lit[:, None, :, None] if axis == 0 else lit[:, None, None, :]).expand(
-                len(part), 3, h, w).contiguous()
+            x = _threshold_images(axis, low, part, h, w)
             outputs: dict[str, torch.Tensor] = {}
             with torch.no_grad(), FirstCalls(model, modules, outputs.__setitem__, any_shape=True) as calls:
                 with _OrNetwork(x, kind):
                     calls.run(model, x)
             for layer, out in outputs.items():
-                positive = (_lean(out.detach()) != 0)
+                positive = (_lean(out.detach()) > 0)
                 n = positive.sum(0, keepdim=True, dtype=torch.int64).numpy()
                 if layer not in counts:
                     counts[layer] = np.zeros((4, *n.shape), np.int64)

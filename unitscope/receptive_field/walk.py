@@ -15,7 +15,11 @@ adaptive), padding, upsampling, reductions and softmax over any axes, elementwis
 broadcasting), linear maps and matrix products (einsum too), attention (`scaled_dot_product_
 attention`, `multi_head_attention_forward`), and layout ops of every kind (permute, view, reshape,
 flatten, slicing, concatenation, roll, split, window partitions), which are followed exactly.
-Where branches meet a position's box is the union of what each branch sees. Normalisations are
+Where branches meet a position's box is the union of what each branch sees. An attention logit
+masked by an added constant at or below `MASKED_LOGIT` (Swin's shifted windows add -100; others
+-1e4, the float minimum or -inf), or filled with such a value, is no dependence: softmax gives it
+a weight of exp(-50) or less, which the model means as zero; the walk (and the probe) leave it and
+the value it would have weighted out of the field. Normalisations are
 treated as their affine part (statistics as constants, as batch norm in eval mode is). Any other op
 makes the field *unknown* (with the op's name)."""
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .ops import (_ADAPTIVE, _AVG_POOLS, _CONVS, _MAX_POOLS, _REDUCTIONS, _UPSAM
                   _pair, _tensors, call_arg, conv_args)
 
 KINDS = ("theory", "local", "cell")
+MASKED_LOGIT = -50.0  # an attention logit at or below this (an added mask) weighs nothing
 
 
 @dataclass
@@ -109,6 +114,7 @@ class _Walk(TorchFunctionMode):
         super().__init__()
         self.image_hw = tuple(int(s) for s in x.shape[-2:])
         self.fields: dict[int, Traced | Unknown] = {}
+        self.masked: dict[int, np.ndarray] = {}  # per element: a masked logit or its zero weight
         self._set(x, Traced(Boxes.identity(tuple(x.shape)), None, None,
                             (Fraction(1), Fraction(1)), tuple(x.shape)))
 
@@ -142,10 +148,82 @@ class _Walk(TorchFunctionMode):
                 results = [Unknown(f"{name}: {e}")] * len(outs)
             except (RuntimeError, ValueError, IndexError, TypeError) as e:
                 results = [Unknown(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")] * len(outs)
+            else:
+                results = self._masks(name, func, args, kwargs, ins, outs, results)
         for t, f in zip(outs, results):
             if f is not None:
                 self._set(t, f)
         return out
+
+    # masked attention logits ------------------------------------------------------------------
+    def _masks(self, name, func, args, kwargs, ins, outs, results) -> list:
+        """Follow which elements are masked logits (or the zero weights softmax makes of them):
+        made by adding a constant <= MASKED_LOGIT or filling one in, carried by elementwise and
+        layout ops (an element stays masked where every operand's is) and softmax."""
+        out, first = outs[0], results[0]
+        if not isinstance(first, Traced) or tuple(first.shape) != tuple(out.shape):
+            return results
+        shape = tuple(out.shape)
+        given = [self.masked.get(id(t)) for t in ins]
+        flags, fresh = None, None
+        if name in POINTWISE:
+            if all(g is not None for g in given):
+                flags = np.logical_and.reduce([np.broadcast_to(g, shape) for g in given])
+            mask = None
+            if name in ("add", "add_"):
+                for c in _tensors(args) + _tensors(kwargs):
+                    if id(c) not in self.fields and c.is_floating_point():
+                        m = (c.detach() <= MASKED_LOGIT).cpu().numpy()
+                        mask = m if mask is None else mask | m
+            elif name in ("masked_fill", "masked_fill_"):
+                value = call_arg(args, kwargs, 2, "value")
+                value = float(value) if not isinstance(value, torch.Tensor) or value.numel() == 1 else 0.0
+                where = call_arg(args, kwargs, 1, "mask")
+                if value <= MASKED_LOGIT and isinstance(where, torch.Tensor):
+                    mask = where.detach().cpu().numpy().astype(bool)
+            if mask is not None and mask.any():
+                fresh = np.broadcast_to(mask, shape)
+                flags = fresh if flags is None else flags | fresh
+        elif (name in LAYOUT or name in DIMS_ONLY) and len(ins) == 1 and given[0] is not None:
+            flags = self._moved(func, args, kwargs, ins[0], given[0], out)
+        elif name in SOFTMAX and given[0] is not None:
+            flags = fresh = np.broadcast_to(given[0], shape)
+        if flags is None or not flags.any():
+            return results
+        if fresh is not None:
+            first = self._emptied(first, fresh)
+        key = id(out)
+        if key not in self.masked:
+            weakref.finalize(out, self.masked.pop, key, None)
+        self.masked[key] = compress(flags[None])[0]
+        return [first] + list(results[1:])
+
+    def _emptied(self, f: Traced, where: np.ndarray) -> Traced:
+        """`f` with the elements at `where` depending on nothing."""
+        def empty(b):
+            if b is None:
+                return None
+            p = np.array(b.full(f.shape))
+            p[:, where] = FILL[:, None]
+            return p
+        return self._traced((empty(f.theory), empty(f.local), empty(f.cell)), f.jump, f.shape)
+
+    @staticmethod
+    def _moved(func, args, kwargs, t, flags, out):
+        """The masked flags of `t` moved by the layout op as its elements are."""
+        ft = torch.from_numpy(np.array(np.broadcast_to(flags, tuple(t.shape)), np.float32))
+
+        def sub(v):
+            if v is t:
+                return ft
+            if isinstance(v, (list, tuple)):
+                return type(v)(sub(i) for i in v)
+            return v
+        moved = func(*sub(args), **{k: sub(v) for k, v in kwargs.items()})
+        moved = next((m for m in _tensors(moved) if isinstance(m, torch.Tensor)), None)
+        if moved is None or tuple(moved.shape) != tuple(out.shape):
+            return None
+        return moved.numpy() > 0.5
 
     # -------------------------------------------------------------------------------- rules
     def _each(self, fields: list[Traced], make, gate: bool = False, attention: bool = False):
@@ -516,12 +594,24 @@ class _Walk(TorchFunctionMode):
                 return p.reshape(8, *([1] * (nd - p.ndim + 1)), *p.shape[1:])
             return p.reshape(8, *([1] * (nd - p.ndim + 1)), *p.shape[1:])
 
+        weights = self.masked.get(id(a)) if both and name in ("matmul", "bmm", "__matmul__") else None
+
+        def unmasked(boxes, t):
+            """Per output (…, l, c): the union over the k whose weight a[…, l, k] is not masked."""
+            lead = nd + 1 - t.dim()  # tensor rank of (…, l, k, c)
+            p = boxes.planes.reshape(8, *([1] * (t.dim() - boxes.ndim)), *boxes.planes.shape[1:])
+            p = p.reshape(8, *([1] * (lead - 1)), *p.shape[1:-2], 1, *p.shape[-2:])
+            w = weights.reshape(*([1] * (nd - weights.ndim)), *weights.shape, 1)
+            p = np.where(w[None], FILL.reshape(8, *([1] * (p.ndim - 1))), p)
+            return union_over(p, (nd - 1,), image_hw, keepdim=False)
+
         def make(_, kind):
             parts = []
             if a_feat:
                 parts.append(side(fa.kind(kind), a, fa, -1))
             if b_feat and not (both and kind == "cell"):
-                parts.append(side(fb.kind(kind), b, fb, -2))
+                parts.append(side(fb.kind(kind), b, fb, -2) if weights is None
+                             else unmasked(fb.kind(kind), b))
             return union_all(parts, image_hw)
         flist = [f for f in (fa, fb) if f is not None]
         return self._traced(self._each(flist, make, attention=both), jump, out.shape)

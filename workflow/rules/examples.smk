@@ -5,6 +5,7 @@ rule patches:
         top=L.topk("{layer}"),
         bottom=L.bottomk("{layer}"),
         ranges=L.ranges("{layer}"),
+        rf=L.rf("{layer}"),
         manifest=L.manifest,
         inputs=stored_inputs,
     output:
@@ -60,6 +61,7 @@ rule verify:
         top=L.topk("{layer}"),
         bottom=L.bottomk("{layer}"),
         shown=L.shown("{layer}"),
+        rf=L.rf("{layer}"),
         manifest=L.manifest,
         model_files=PLAN.model_files,
     output:
