@@ -107,8 +107,8 @@ def test_a_layer_whose_output_is_not_a_feature_map_is_refused_by_name():
     class Split:
         pass
 
-    assert "layer '_fc' (module '_fc') returns a tensor of shape (1, 1000), not N×C×H×W" in \
-        error({"layers": ["_fc"], "units": 1})
+    assert "config key 'layers': layer _fc: an output of shape (1, 1000) is neither N×C×H×W, " \
+        "N×H×W×C nor N×T×C" in error({"layers": ["_fc"], "units": 1})
 
 
 def test_device_cuda_without_a_gpu_is_caught_before_any_job():

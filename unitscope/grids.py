@@ -235,7 +235,8 @@ def header_lines(facts: FigureFacts, kinds: list[str], shown_k: int, available: 
             else "+ marks its peak")
         if facts.covers_input() or (facts.cell and facts.large()
                                     and min(facts.rf) >= facts.input_size):
-            field_line += (f" · RF {max(facts.rf)} px >= {facts.input_size} px input: each tile "
+            op = ">" if facts.covers_input() else ">="
+            field_line += (f" · RF {max(facts.rf)} px {op} {facts.input_size} px input: each tile "
                            f"is the whole input the unit sees, {mark}")
         elif facts.large():
             field_line += (f" · RF {max(facts.rf)} px spans over half the {facts.input_size} px "

@@ -214,8 +214,11 @@ def _load(ref: str):
     except ImportError as e:
         raise ValueError(f"model.python: cannot import module {module!r} ({e})") from None
     except Exception as e:  # the module's own code failed: one line, not its traceback
+        hint = ("; torchvision's compiled ops do not load with this torch (install the "
+                "torchvision build made for it, e.g. torchvision==0.28.0 for torch 2.13, from the "
+                "same index)" if "operator torchvision::" in str(e) else "")
         raise ValueError(f"model.python: importing module {module!r} raised "
-                         f"{type(e).__name__}: {_first_line(e)}") from None
+                         f"{type(e).__name__}: {_first_line(e)}{hint}") from None
     if not hasattr(mod, func):
         raise ValueError(f"model.python: module {module!r} has no {func!r}")
     return getattr(mod, func)

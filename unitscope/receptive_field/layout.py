@@ -110,12 +110,10 @@ def find_view(layer: str, planes: np.ndarray, shape: tuple[int, ...], hint: str 
     k = planes.shape[0]
     p = planes.reshape(k, *([1] * (nd - planes.ndim + 1)), *planes.shape[1:])
     box = p[4:8] if k == 8 else p[:4]
-    positional = set()
-    for d in range(1, nd):
-        for a, b in ((0, 2), (1, 3)):
-            centre = box[a] + box[b]
-            if centre.shape[d] > 1 and not (centre == centre.take([0], axis=d)).all():
-                positional.add(d)
+    moves = {d: max(_moves_along(box[a] + box[b], d) for a, b in ((0, 2), (1, 3)))
+             for d in range(1, nd)}
+    most = max(moves.values(), default=0.0)
+    positional = {d for d, m in moves.items() if m > 0 and m >= most / 3}
     if hint is not None:
         if hint not in LAYOUTS:
             raise ValueError(f"layer {layer}: layout {hint!r}; valid: {', '.join(LAYOUTS)}")
@@ -126,6 +124,8 @@ def find_view(layer: str, planes: np.ndarray, shape: tuple[int, ...], hint: str 
         if hint != "tokens":
             return LayerView(hint)
     if nd == 4 and hint is None:
+        if shape[2] == shape[3] == 1 and shape[1] > 1:  # one position: channels on axis 1
+            return LayerView("nchw")  # (concatenated branches may still differ along them)
         nchw, nhwc = positional <= {2, 3}, positional <= {1, 2}
         if nchw and nhwc:
             if shape[2] == shape[3] == 1 or (shape[3] == 1 and shape[1] > 1):
@@ -144,6 +144,19 @@ def find_view(layer: str, planes: np.ndarray, shape: tuple[int, ...], hint: str 
                                f"along the second axis (batch first: N×T×C)")
     raise LayerOutputError(f"layer {layer}: an output of shape {tuple(shape)} is neither N×C×H×W, "
                            f"N×H×W×C nor N×T×C; choose a layer of feature maps or tokens")
+
+
+def _moves_along(centre: np.ndarray, d: int) -> float:
+    """How often field centres move between neighbours along axis `d` (0 to 1). Along the
+    positions at every step (every other, after a 2× nearest upsampling); along channels only
+    where concatenated branches meet, and only at border positions, where a branch's window is
+    clipped: an axis counts as positional when its centres move at least a third as often as
+    along the axis where they move most."""
+    n = centre.shape[d]
+    if n < 2:
+        return 0.0
+    step = centre.take(range(1, n), axis=d) != centre.take(range(n - 1), axis=d)
+    return float(step.mean())
 
 
 def _token_view(layer: str, box: np.ndarray, shape) -> LayerView:

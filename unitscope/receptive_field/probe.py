@@ -115,8 +115,13 @@ class _OrNetwork(TorchFunctionMode):
             out = F.pad(lean, pad, mode, **({"value": 0.0} if mode == "constant" else {}))
             return out.expand(shape)
         if name in DIMS_ONLY or name in LAYOUT:
-            return func(*self._zeros_for_constants(args),
-                        **{k: self._zeros_for_constants(v) for k, v in kwargs.items()})
+            args = self._zeros_for_constants(args)
+            if name in ("view", "_unsafe_view", "view_as"):  # a broadcast feature cannot be viewed
+                args = tuple(a.contiguous() if self._is(a) else a for a in args)
+            return func(*args, **{k: self._zeros_for_constants(v) for k, v in kwargs.items()})
+        if name == "normalize":  # each element over its whole axis (Swin-V2's cosine attention)
+            d = call_arg(args, kwargs, 2, "dim", 1)
+            return _lean(x).amax(d, keepdim=True).clamp_min(0).expand(x.shape)
         if name in SOFTMAX:  # a masked logit (-1) weighs nothing: its weight is a masked 0 (-1)
             d = call_arg(args, kwargs, 1, "dim")
             row = _lean(x).amax(d if d is not None else -1, keepdim=True).clamp_min(0).expand(x.shape)

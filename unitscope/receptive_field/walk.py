@@ -266,7 +266,7 @@ class _Walk(TorchFunctionMode):
             return [self._dims_only(name, args, kwargs, ins[0], f0, outs[0])] * len(outs)
         if name in LAYOUT or name in ("pad", "constant_pad_nd"):
             return self._layout(func, args, kwargs, ins, fields, outs, jump)
-        if name in _REDUCTIONS or name in SOFTMAX:
+        if name in _REDUCTIONS or name in SOFTMAX or name == "normalize":
             return self._reduce(name, args, kwargs, ins[0], f0, outs)
         if name in POINTWISE:
             return self._pointwise(ins, fields, outs, jump)
@@ -508,8 +508,8 @@ class _Walk(TorchFunctionMode):
     # values ---------------------------------------------------------------------------------
     def _reduce(self, name, args, kwargs, x, f: Traced, outs) -> list:
         nd = x.dim()
-        if name in SOFTMAX:
-            d = call_arg(args, kwargs, 1, "dim")
+        if name in SOFTMAX or name == "normalize":  # each element over its whole axis
+            d = call_arg(args, kwargs, 1, "dim") if name in SOFTMAX else call_arg(args, kwargs, 2, "dim", 1)
             dims, keep = ((d if d is not None else -1) % nd,), True
         else:
             dim_at = 2 if name in ("norm", "linalg_vector_norm") else 1
