@@ -52,7 +52,8 @@ try:
                 if kind == "theory" and not f.gated:
                     row["theory"] = row["local"]
                     continue
-                o = gradient_boxes(net, mods[layer], (size, size), f.view, pos, local=kind == "local")
+                o = gradient_boxes(net, mods[layer], (size, size), f.view, pos,
+                                   local=kind == "local", dtype=torch.float32)
                 wb = np.stack([walk[:, y, x] for y, x in pos], 1)
                 wb = np.where(wb[0:1] >= EMPTY // 2, -1, wb)
                 verdicts = [judge(wb[:, i], o[:, i]) for i in range(len(pos))]
@@ -84,6 +85,8 @@ def main() -> int:
         except RuntimeError as e:
             r = {"model": name, "error": str(e).strip().splitlines()[-1][:300]}
         results.append(r)
+        with open(args.out, "w") as fh:  # after every model: a long sweep can be read as it goes
+            json.dump(results, fh, indent=1)
         kinds = ", ".join(f"{x['layer']} {x['layout']} {x['channels']}×{x['height']}×{x['width']}"
                           f"{' gated' if x['gated'] else ''}{' cell' if x['cell'] else ''}"
                           f" {_verdict(x)}" for x in r.get("layers", []))

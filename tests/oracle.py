@@ -42,9 +42,9 @@ class _AveragePools(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def positive(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A float64 copy with small positive weights and zero biases (eval mode)."""
-    m = copy.deepcopy(model).double().eval()
+def positive(model: nn.Module, seed: int = 0, dtype=torch.float64) -> nn.Module:
+    """A copy (float64 unless told) with small positive weights and zero biases (eval mode)."""
+    m = copy.deepcopy(model).to(dtype).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in m.named_parameters():
@@ -76,16 +76,18 @@ def _in_gate(model: nn.Module, name: str) -> bool:
 
 
 def gradient_boxes(model: nn.Module, module: str, size, view, positions=None,
-                   local: bool = False, seed: int = 0) -> np.ndarray:
+                   local: bool = False, seed: int = 0, dtype=torch.float64) -> np.ndarray:
     """(4, n) bounding boxes y0, x0, y1, x1 of the input gradient's support at each of the layer's
     `positions` ((y, x) pairs on its N×C×H×W maps; default: all), with random positive channel
-    weights; -1 where nothing reaches. `view` reads the layer's output (LayerView)."""
-    m = positive(model, seed)
+    weights; -1 where nothing reaches. `view` reads the layer's output (LayerView). Float32
+    (`dtype`) suffices for large models: with positive weights nothing cancels, and what
+    underflows lies far below the threshold."""
+    m = positive(model, seed, dtype)
     handles = detach_gates(m) if local else []
     captured = {}
     h = m.get_submodule(module).register_forward_hook(lambda mod, i, o: captured.setdefault("o", o))
     g = torch.Generator().manual_seed(seed + 1)
-    x = (0.5 + torch.rand(1, 3, *size, generator=g, dtype=torch.float64)).requires_grad_(True)
+    x = (0.5 + torch.rand(1, 3, *size, generator=g, dtype=torch.float64)).to(dtype).requires_grad_(True)
     try:
         with _AveragePools():
             m(x)
@@ -96,7 +98,7 @@ def gradient_boxes(model: nn.Module, module: str, size, view, positions=None,
     maps = view.maps(captured["o"])
     if positions is None:
         positions = [(y, xx) for y in range(maps.shape[2]) for xx in range(maps.shape[3])]
-    w = 0.5 + torch.rand(maps.shape[1], generator=g, dtype=torch.float64)
+    w = (0.5 + torch.rand(maps.shape[1], generator=g, dtype=torch.float64)).to(dtype)
     boxes = np.full((4, len(positions)), -1, np.int64)
     for i, (y, xx) in enumerate(positions):
         grad, = torch.autograd.grad((maps[0, :, y, xx] * w).sum(), x, retain_graph=True)

@@ -263,6 +263,15 @@ def test_token_layers_run_through_the_stages_read_on_the_patch_grid(tmp_path):
     assert isinstance(boxes["t"], pd.DataFrame)
 
 
+class NoClassToken(TinyViT):
+    """TinyViT without its class token."""
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        return self.block(x + self.mlp(x))
+
+
 def test_the_plan_reads_token_layers_and_takes_the_gradient_behind_attention():
     from conftest import plan_of
     from unitscope.plan import PlanError
@@ -275,11 +284,15 @@ def test_the_plan_reads_token_layers_and_takes_the_gradient_behind_attention():
     view = plan.model.layer_views()["block"]
     assert (view.layout, view.first_token, view.grid, view.tokens) == ("tokens", 1, (4, 4), "patch")
     assert plan_of({**base, "tokens": "all"}).model.layer_views()["block"].tokens == "all"
+    with pytest.raises(PlanError, match="config key 'tokens': layer block: tokens: cls, but its "
+                                        "tokens are all patch tokens"):
+        plan_of({**base, "model": {**base["model"], "python": "test_networks:NoClassToken"},
+                 "tokens": "cls"})
     for method in ("guided_backprop", "deconvnet"):
         with pytest.raises(PlanError, match=f"config key 'projection': {method} is defined for "
                                             f"ReLU networks, not through attention"):
             plan_of({**base, "projection": method})
-    with pytest.raises(PlanError, match="'layouts' names layers that are not in 'layers': x"):
+    with pytest.raises(PlanError, match="config key 'layouts' names layers that are not in 'layers': x"):
         plan_of({**base, "layouts": {"x": "nhwc"}})
     stage = plan_of({**base, "model": {"python": "test_networks:WindowStage", "input_size": 16,
                                        "weights": "none"}, "layers": ["out"]})

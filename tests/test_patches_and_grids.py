@@ -191,3 +191,27 @@ def test_layers_prints_its_table_once(tmp_path, capsys):
                  str(tmp_path / "layers.parquet")]) == 0
     captured = capsys.readouterr()
     assert (captured.out + captured.err).count("features.1") == 1
+
+
+def test_a_token_tile_outlines_its_cell_and_the_effective_field_around_it():
+    """A token whose field is the whole 64-px input: the tile is the input, the token's cell
+    (rows 16-24, columns 40-48) outlined in red exactly there, the 20-px effective field in
+    yellow around the cell's centre."""
+    from unitscope.grids import ERF_MARK, MARK
+
+    image = np.full((64, 64, 3), 90, np.uint8)
+    entry = pd.Series({"y0": 0, "x0": 0, "y1": 64, "x1": 64, "vy0": 0, "vx0": 0, "vy1": 64,
+                       "vx1": 64, "cy0": 16, "cx0": 40, "cy1": 24, "cx1": 48})
+    tile = np.asarray(make_tile(image, entry, 1.0, 64, 64, seen=True, erf=20))
+    red = np.argwhere((tile == MARK).all(2))
+    assert (red.min(0) == (16, 40)).all() and (red.max(0) == (23, 47)).all()
+    yellow = np.argwhere((tile == ERF_MARK).all(2))
+    assert (yellow.min(0) == (10, 34)).all() and (yellow.max(0) == (30, 54)).all()  # 20 px, centred at (20, 44)
+    assert (tile[18:22, 42:46] == 90).all()  # the cell's inside is the image
+    facts = FigureFacts(layer="enc", shape=(8, 4, 4), input_size=64, rf=(64, 64), cell=True, erf=20,
+                        layout="tokens", tokens="patch", method="gradient")
+    text = "\n".join(header_lines(facts, ["top"], 9, 9, 4, "both"))
+    for phrase in ("token layer: 8 units (channels) read over its 4x4 grid of patch tokens",
+                   "each tile is the whole input the unit sees, the red square is the peak token's cell",
+                   "the yellow one the effective field", "plain input gradient"):
+        assert phrase in text, phrase

@@ -33,9 +33,10 @@ import pandas as pd
 from .atomic import atomic_path
 from .examples import median_erf
 from .geometry import source_box
+from .grids import METHOD_NAMES
 from .image_view import image_view_table
 from .inputs import ImageSource, Preprocessing
-from .patches import read_index, visible_box
+from .patches import read_index, visible_box, with_cells
 from .progress import Progress
 from .provenance import open_checked
 from .shown import read_shown
@@ -119,9 +120,17 @@ def _box_style(y0, x0, y1, x1, size: int) -> str:
 
 def _rf_text(layer) -> str:
     if layer.rf_affine:
-        return (f"{layer.rf_size} px" if layer.rf_size == layer.rf_size_x
+        text = (f"{layer.rf_size} px" if layer.rf_size == layer.rf_size_x
                 else f"{layer.rf_size}×{layer.rf_size_x} px")
-    return f"up to {layer.rf_max_h}×{layer.rf_max_w} px (varies by position)"
+    else:
+        text = f"up to {layer.rf_max_h}×{layer.rf_max_w} px (varies by position)"
+    if bool(getattr(layer, "rf_gated", False)):
+        text += (f"; the unit is also modulated by the whole image through global gates "
+                 f"(squeeze-excitation: theoretical field up to {layer.rf_theory_max_h}×"
+                 f"{layer.rf_theory_max_w} px); patches show the local field")
+    if bool(getattr(layer, "rf_cell", False)):
+        text += "; each position is a token, its cell drawn on the image"
+    return text
 
 
 def shown_image_ids(files: LayerFiles) -> set[int]:
@@ -239,12 +248,15 @@ def _entry(r, kind: str, meta: dict, patch_names, proj_names, size: int, prep: P
                                     crop, prep.resize_size, prep.input_size)
     iid = int(r.image_id)
     label = meta["label"]
-    return {"tiles": tiles, "rank": int(r.rank), "what": "activation" if kind != "bottom" else "minimum",
+    cell = getattr(r, "cy0", None)
+    cell = None if cell is None or pd.isna(cell) else tuple(int(v) for v in (r.cy0, r.cx0, r.cy1, r.cx1))
+    drawn = cell or (r.y0, r.x0, r.y1, r.x1)
+    return {"tiles": tiles, "cell": cell, "rank": int(r.rank), "what": "activation" if kind != "bottom" else "minimum",
             "activation": f"{r.activation:.4g}", "label": "" if pd.isna(label) else label,
             "image": f"{iid:07d}", "image_id": iid, "file": os.path.basename(str(meta["path"])),
             "y0": r.y0, "y1": r.y1, "x0": r.x0, "x1": r.x1, "sy0": f"{sy0:.0f}",
             "sy1": f"{sy1:.0f}", "sx0": f"{sx0:.0f}", "sx1": f"{sx1:.0f}",
-            "box_style": _box_style(r.y0, r.x0, r.y1, r.x1, size)}
+            "box_style": _box_style(*drawn, size)}
 
 
 def build_layer_pages(layers_path: str | os.PathLike, layer_name: str, f: LayerFiles,
@@ -272,11 +284,13 @@ def _layer_pages(folder: Path, layer, f: LayerFiles, manifest: pd.DataFrame, siz
                  classes: pd.DataFrame | None, k: int | None = None) -> None:
     """The layer page and every unit page."""
     L = layer.layer
-    top = pd.read_parquet(f.topk)
+    top = with_cells(pd.read_parquet(f.topk), f.rf)  # token cells, where the layer has them
     units = pd.read_parquet(f.units)
     shown = read_shown(f.shown)
     bottom = pd.read_parquet(f.bottomk) if f.bottomk and os.path.exists(f.bottomk) else top.iloc[0:0]
+    bottom = with_cells(bottom, f.rf) if "cy0" not in bottom else bottom
     ranges = pd.read_parquet(f.ranges) if f.ranges and os.path.exists(f.ranges) else None
+    ranges = with_cells(ranges, f.rf) if ranges is not None else None
     hist = pd.read_parquet(f.hist) if f.hist and os.path.exists(f.hist) else None
     img = folder / "img"
     patch_names = _write_jpegs(f.patches, img, "u", "patches")
@@ -327,7 +341,7 @@ def _layer_pages(folder: Path, layer, f: LayerFiles, manifest: pd.DataFrame, siz
         _render(folder / f"unit-{u:04d}.html", "unit.html", title=f"{L} unit {u}", depth=1,
                 layer=L, unit=u, prev=unit_ids[i - 1] if i > 0 else None,
                 next=unit_ids[i + 1] if i + 1 < len(unit_ids) else None, rf=rf,
-                method=method.replace("_", " ") if proj_names else "", why=shown["why"].get(u),
+                method=METHOD_NAMES.get(method, method) if proj_names else "", why=shown["why"].get(u),
                 stats=stats, hist=_hist(hist_by_unit[u], marks) if u in hist_by_unit else None,
                 dead=bool(s.dead), saturated=bool(s.saturated), max_text=f"{s.max:.3g}",
                 max_exact=f"{s.max:.4g}", n_at_max=getattr(s, "n_at_max", ""),

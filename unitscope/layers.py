@@ -116,20 +116,27 @@ def read_boxes(path: str | os.PathLike, height: int, width: int) -> np.ndarray:
 
 def format_table(table: pd.DataFrame) -> str:
     """The table as a human reads it: name, output C×H×W, units, RF size/stride/offset."""
-    lines = [f"{'layer':<12} {'module':<16} {'output C×H×W':>16} {'units':>6} "
+    lw = max([12, *(len(str(v)) for v in table["layer"])])
+    mw = max([16, *(len(str(v)) for v in table["module"])])
+    lines = [f"{'layer':<{lw}} {'module':<{mw}} {'output C×H×W':>16} {'units':>6} "
              f"{'RF size':>11} {'stride':>6} {'offset':>7}  field"]
     for r in table.itertuples():
-        if r.rf_affine:
+        if r.rf_affine and r.rf_stride == 0 == r.rf_stride_x:  # every position sees it all
+            size = f"{r.rf_size}" if r.rf_size == r.rf_size_x else f"{r.rf_size}×{r.rf_size_x}"
+            stride, offset = "-", "-"
+        elif r.rf_affine:
             size = f"{r.rf_size}" if r.rf_size == r.rf_size_x else f"{r.rf_size}×{r.rf_size_x}"
             stride, offset = f"{r.rf_stride}", f"{r.rf_offset:.1f}"
         else:
             size, stride, offset = f"≤{r.rf_max_h}×{r.rf_max_w}", "-", "-"
-        kind = ("affine" if r.rf_affine else "per position") + (", probed" if r.rf_method == "probe" else "")
+        kind = ("the whole field at every position" if r.rf_affine and r.rf_stride == 0 == r.rf_stride_x
+                else "affine" if r.rf_affine else "per position") + (
+            ", probed" if r.rf_method == "probe" else "")
         if getattr(r, "rf_gated", False):
             kind += f", gated by the whole image (theoretical ≤{r.rf_theory_max_h}×{r.rf_theory_max_w} px)"
         if getattr(r, "layout", "nchw") != "nchw":
-            kind += f", {r.layout}"
-        lines.append(f"{r.layer:<12} {r.module:<16} {f'{r.channels}×{r.height}×{r.width}':>16} "
+            kind += f", {r.layout}" + (f" ({r.tokens} tokens)" if r.layout == "tokens" else "")
+        lines.append(f"{r.layer:<{lw}} {r.module:<{mw}} {f'{r.channels}×{r.height}×{r.width}':>16} "
                      f"{r.units:>6} {size + ' px':>11} {stride:>6} {offset:>7}  {kind}")
     return "\n".join(lines)
 

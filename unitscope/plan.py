@@ -444,6 +444,10 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
         if layer in GALLERY_NAMES:
             raise PlanError(f"config key 'layers': {layer!r} is a name the gallery keeps for itself "
                             f"({', '.join(GALLERY_NAMES)}); name the layer by its module path")
+    stray = sorted(set(config.get("layouts", {})) - set(layers))
+    if stray:
+        raise PlanError(f"config key 'layouts' names layers that are not in 'layers': "
+                        f"{', '.join(stray)}; configured layers: {', '.join(layers)}")
     unknown = sorted(set(config.get("overrides", {})) - set(layers))
     if unknown:
         raise PlanError(f"config key 'overrides' names layers that are not in 'layers': "
@@ -551,9 +555,17 @@ def _layer_views(net, modules: dict[str, str], size: int, layouts: dict[str, str
     views, attended = {}, set()
     for layer, f in traced.items():
         if not isinstance(f, Traced):
-            continue  # the layer table probes it; its layout is read there
+            if len(shapes[layer]) != 3 and layer not in layouts:
+                raise ValueError(f"layer {layer}: the walk cannot follow it ({f.reason}) and its "
+                                 f"output {tuple(shapes[layer])} is not C×H×W; name its layout "
+                                 f"(layouts: {{{layer}: nhwc or tokens}}) or choose another layer")
+            continue  # an N×C×H×W map the layer table probes
         cell = f.kind("cell").planes
-        view = find_view(layer, cell, (1, *shapes[layer]), layouts.get(layer)).reading(layer, tokens)
+        view = find_view(layer, cell, (1, *shapes[layer]), layouts.get(layer))
+        try:
+            view = view.reading(layer, tokens)
+        except ValueError as e:
+            raise PlanError(f"config key 'tokens': {e}") from None
         if view.layout != "nchw" or layer in layouts:
             views[layer] = view.as_dict()
         if view.layout == "tokens" or not np.array_equal(
@@ -602,9 +614,6 @@ def _describe(spec: ModelSpec, model_cfg: ModelConfig, layers: list[str], projec
                         f": {e}") from None
     try:
         modules = resolve_layers(spec, layers, model=net)
-        unknown = sorted(set(layouts) - set(layers))
-        if unknown:
-            raise ValueError(f"'layouts' names layers that are not in 'layers': {', '.join(unknown)}")
         views, attended = _layer_views(net, modules, spec.input_size, layouts, tokens)
         shapes = feature_sizes(net, modules, (spec.input_size, spec.input_size), views)
     except (LayerOutputError, ValueError) as e:
