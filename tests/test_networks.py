@@ -148,17 +148,10 @@ def test_a_layout_that_cannot_be_told_is_one_line_asking_for_it():
     assert "\n" not in str(e.value)
 
 
-class ShiftedWindowStage(nn.Module):
+class ShiftedWindowStage(WindowStage):
     """Swin's shifted windows in miniature: the map rolled by half a window, attention inside
     4×4 windows with -100 added to the logits of token pairs from different regions of the
     unrolled map (torchvision's mask), rolled back."""
-
-    def __init__(self, c=8, window=4):
-        super().__init__()
-        self.embed = nn.Conv2d(3, c, 2, stride=2)
-        self.qkv = nn.Linear(c, 3 * c)
-        self.window = window
-        self.out = nn.Identity()
 
     def forward(self, x):
         x = self.embed(x).permute(0, 2, 3, 1)
@@ -249,6 +242,15 @@ def test_token_layers_run_through_the_stages_read_on_the_patch_grid(tmp_path):
     assert torch.allclose(g[0, 4:8, 12:16], torch.full((4, 4), act / 16))
     assert torch.allclose(g[1, 4:8, 12:16], torch.full((4, 4), -act / 16))
     assert g[:, :4].abs().sum() == 0 and g[:, :, :12].abs().sum() == 0
+    # the effective field is centred on the token's cell, not on its whole-image field
+    from unitscope.verify import effective_fields
+
+    ex = pd.DataFrame({"unit": [0], "y": [1], "x": [3], "image_id": [0], "y0": [0], "x0": [0],
+                       "y1": [16], "x1": [16]})
+    on_box = effective_fields(ex, {0: images[0]}, model, "block", (0, 0, 0), (1, 1, 1), view=view)
+    on_cell = effective_fields(ex.assign(cy0=4, cx0=12, cy1=8, cx1=16), {0: images[0]}, model,
+                               "block", (0, 0, 0), (1, 1, 1), view=view)
+    assert on_cell == [4] and on_box[0] > 8
     # tokens: cls reads the class token alone (a 1×1 row), all reads every token in order
     cls, every = view.reading("t", "cls"), view.reading("t", "all")
     assert cls.hw((17, 2)) == (2, 1, 1) and every.hw((17, 2)) == (2, 1, 17)

@@ -98,8 +98,15 @@ def layers_command(args: argparse.Namespace) -> None:
     names = args.layers or list(spec.aliases)
     if not names:
         raise ValueError(f"model {spec.name} has no aliases: name its layers with --layers")
+    layouts = {}
+    for item in args.layout or []:
+        layer, _, layout = item.partition("=")
+        if layer not in names or not layout:
+            raise ValueError(f"--layout {item!r}: expected LAYER=LAYOUT with LAYER one of --layers")
+        layouts[layer] = layout
     table, boxes = layer_table(net, resolve_layers(spec, names, model=net),
-                               (spec.input_size, spec.input_size), probe=not args.no_probe)
+                               (spec.input_size, spec.input_size), probe=not args.no_probe,
+                               layouts=layouts, tokens={n: args.tokens for n in names})
     rf = {n: os.path.join(args.boxes_out, f"{n}.parquet") for n in names} if args.boxes_out else None
     if args.table or rf:
         from .atomic import atomic_path
@@ -259,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--table", help="write layers.parquet here")
     s.add_argument("--boxes-out", help="write each layer's per-position boxes to DIR/<layer>.parquet")
     s.add_argument("--no-probe", action="store_true", help="skip the probe's check")
+    s.add_argument("--tokens", default="patch", choices=("patch", "cls", "all"),
+                   help="token layers: which tokens are the positions")
+    s.add_argument("--layout", nargs="+", metavar="LAYER=LAYOUT",
+                   help="nchw, nhwc or tokens, where a layer's fields cannot tell")
     s.set_defaults(run=layers_command)
     s = sub.add_parser("show", help="print one unit's top-k rows and the path of its figure")
     s.add_argument("--results", default=None, help="results/D/M (default: the only one there is)")

@@ -21,7 +21,7 @@ rf_start_x for columns (empty where not affine), and rf_max_h, rf_max_w (the lar
 input pixels, end-exclusive, not clipped: it reaches into the padding where the field does), then
 ty0, tx0, ty1, tx1 (the theoretical field's support: the same as the box's where nothing gates the
 unit) and cy0, cx0, cy1, cx1 (the token's cell: the support through the query side of attention
-only; the same as the theoretical support in networks without attention)."""
+only; the same as y0…x1 where nothing attends)."""
 from __future__ import annotations
 
 import logging
@@ -58,7 +58,7 @@ def layer_table(model, modules: dict[str, str], input_size: tuple[int, int], pro
             return a
         b = no_pixel(f.boxes)
         theory = no_pixel(f.theory)
-        cell = no_pixel(f.cell if f.cell is not None else f.theory)
+        cell = no_pixel(f.cell) if f.cell is not None else b  # no attention: the box itself
         boxes[layer] = rf_frame(b, theory, cell)
         affine = affine_of(b, f.jump)
         tokens = f.view.layout == "tokens"

@@ -179,7 +179,7 @@ def verify(top: str, shown: str, manifest: str, model: dict, layer: str, out: st
            level: str = "shown", threads: int = 1, rf: str | None = None) -> None:
     """Rerun the network on the shown examples and check their stored activations (`level` all:
     also every unit's rank-0 top and bottom example, one forward pass per distinct image); the
-    effective field is centred on each position's cell where the layer has tokens (`rf`)."""
+    effective field is centred on each position's cell where attention gives it one (`rf`)."""
     import pandas as pd
 
     from .examples import layer_examples
@@ -188,9 +188,10 @@ def verify(top: str, shown: str, manifest: str, model: dict, layer: str, out: st
     spec, net, module, view = _network(model, layer, threads)
     entries = _shown_examples(top, bottom, None, shown, figure)
     entries = entries[entries["kind"] != "range"]
-    if rf and view is not None and view.layout == "tokens":
-        cells = pd.read_parquet(rf, columns=["y", "x", "cy0", "cx0", "cy1", "cx1"])
-        entries = entries.merge(cells, on=["y", "x"], how="left")
+    if rf:  # centre the effective field on each position's cell, where attention gives cells
+        from .patches import with_cells
+
+        entries = with_cells(entries, rf)
     if level == "all":  # every unit's rank-0 rows too, checked in the same forward passes
         rest = layer_examples(top, bottom, None, kinds=("top", "bottom"), max_rank=1)
         done = set(zip(entries["kind"], entries["unit"], entries["rank"]))

@@ -379,13 +379,19 @@ def probe_elements(model: nn.Module, modules: dict[str, str], input_size: tuple[
     return result
 
 
-def _threshold_images(axis: int, low: bool, part: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Threshold images (len(part)×3×h×w): 1 on the rows (axis 0) or columns (axis 1) below
-    each threshold r (`low`), or at and above it."""
+def _or_outputs(model, modules, kind: str, axis: int, low: bool, part: torch.Tensor, h: int,
+                w: int) -> dict[str, torch.Tensor]:
+    """Each layer's output of the "or" network on the threshold images of `part`: 1 on the rows
+    (axis 0) or columns (axis 1) below each threshold r (`low`), or at and above it."""
     at = torch.arange(h if axis == 0 else w)
     lit = ((at[None, :] < part[:, None]) if low else (at[None, :] >= part[:, None])).float()
-    return (lit[:, None, :, None] if axis == 0 else lit[:, None, None, :]).expand(
+    x = (lit[:, None, :, None] if axis == 0 else lit[:, None, None, :]).expand(
         len(part), 3, h, w).contiguous()
+    outputs: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), FirstCalls(model, modules, outputs.__setitem__, any_shape=True) as calls:
+        with _OrNetwork(x, kind):
+            calls.run(model, x)
+    return outputs
 
 
 # (axis, low side, edge plane): rows < r find y0, rows >= r find y1, columns likewise
@@ -413,17 +419,12 @@ def verify_elements(model: nn.Module, modules: dict[str, str], input_size: tuple
                 e = planes[edge]
                 vals = np.unique(e[np.abs(e) < EMPTY // 2])
                 if len(vals) and (vals.min() < 0 or vals.max() > n):
-                    return False  # a support lies inside the image
+                    return False  # supports lie inside the image: such an edge is wrong
                 wanted |= set((vals + (0 if low else -1)).tolist()) | set((vals + (1 if low else 0)).tolist())
             ts = sorted(t for t in wanted if (1 <= t <= n if low else 0 <= t < n))
             for s in range(0, len(ts), chunk):
                 part = torch.tensor(ts[s:s + chunk])
-                x = _threshold_images(axis, low, part, h, w)
-                outputs: dict[str, torch.Tensor] = {}
-                with torch.no_grad(), FirstCalls(model, modules, outputs.__setitem__, any_shape=True) as calls:
-                    with _OrNetwork(x, kind):
-                        calls.run(model, x)
-                for layer, out in outputs.items():
+                for layer, out in _or_outputs(model, modules, kind, axis, low, part, h, w).items():
                     got = (_lean(out.detach()) > 0).numpy()
                     e = expect[layer][edge]
                     e = e.reshape(*([1] * (got.ndim - e.ndim)), *e.shape)
@@ -446,12 +447,7 @@ def _probe(model, modules, input_size, chunk, kind) -> dict[str, np.ndarray]:
         thresholds = list(thresholds)
         for s in range(0, len(thresholds), chunk):
             part = torch.tensor(thresholds[s:s + chunk])
-            x = _threshold_images(axis, low, part, h, w)
-            outputs: dict[str, torch.Tensor] = {}
-            with torch.no_grad(), FirstCalls(model, modules, outputs.__setitem__, any_shape=True) as calls:
-                with _OrNetwork(x, kind):
-                    calls.run(model, x)
-            for layer, out in outputs.items():
+            for layer, out in _or_outputs(model, modules, kind, axis, low, part, h, w).items():
                 positive = (_lean(out.detach()) > 0)
                 n = positive.sum(0, keepdim=True, dtype=torch.int64).numpy()
                 if layer not in counts:
