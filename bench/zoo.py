@@ -1,12 +1,16 @@
-"""The layer table of every torchvision classifier at its default input size: three layers per model
-(early, middle, late: the first, middle and last child of its feature stack), each model in a fresh
-Python so that one's memory does not weigh on the next. Records per model the seconds the layer
-table took (walk + probe check, the target is ≤ 60 s on 2 cores), and per layer its layout, shape,
-field method and whether global gates or token cells make its kinds differ.
+"""The layer table of every torchvision classifier at its default input size, checked against an
+independent oracle: three layers per model (early, middle, late: the second, middle and last child
+of its feature stack), each model in a fresh Python so that one's memory does not weigh on the
+next. Records per model the seconds the layer table took (walk + probe check; the target is
+≤ 60 s on 2 cores) and per layer its layout, shape and kinds of field, and at twelve positions
+(corners, edge midpoints, centre, random) whether the walk's local and theoretical boxes are
+exact, too large or missing against the gradient oracle of tests/oracle.py (float32 here).
 
-    python bench/zoo.py [--models resnet50 swin_t ...] [--out bench/results/zoo.json]
+    python bench/zoo.py [--models resnet50 swin_t ...] [--no-oracle] [--out bench/results/zoo.json]
+                        [--markdown FILE]   # the README's table
 
-Needs torchvision (tests/torchvision_zoo.py imports it on a CPU-only torch)."""
+Needs torchvision (tests/torchvision_zoo.py imports it on a CPU-only torch). The JSON is
+rewritten after every model, so a long sweep can be read as it goes."""
 from __future__ import annotations
 
 import argparse
