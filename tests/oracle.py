@@ -3,7 +3,8 @@
 Neither the walk's rules nor the probe's "or" network are used. The model is copied to float64
 with small positive weights and zero biases, and fed a positive image, so that ReLUs, pools and
 normalisations cut no path by chance. Max-pooling becomes an average over the same window
-(its gradient reaches the whole window, not the one switch a random image picks). For the
+(its gradient reaches the whole window, not the one switch a random image picks), and
+activations that saturate (sigmoid, hard-sigmoid, tanh, ReLU6, clamps) the identity. For the
 *local* field the global gates are detached: the output of every squeeze-and-excitation's global
 pool (any module whose output is 1×1 over space and multiplied back) carries no gradient. A
 gradient smaller than 1e-20 of the largest is no dependence: attention weights of exp(-50) and
@@ -23,11 +24,32 @@ from torch.overrides import TorchFunctionMode
 RELATIVE = 1e-20
 
 
-class _AveragePools(TorchFunctionMode):
-    """max_pool2d as avg_pool2d of the same window (padding, ceil_mode kept)."""
+SATURATING = {"sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "tanh", "tanh_", "relu6",
+              "hardtanh", "hardtanh_", "clamp", "clamp_", "clip"}
+
+
+def _soft(x: torch.Tensor, top: float) -> torch.Tensor:
+    """A softsign into (-top, top): bounded like the function it stands for, its gradient never 0."""
+    return top * x / (top + x.abs())
+
+
+class _Unsaturated(TorchFunctionMode):
+    """max_pool2d as avg_pool2d of the same window (padding, ceil_mode kept); activations that
+    saturate as bounded ones that do not (sigmoid and hard-sigmoid 0.5 + a softsign, tanh,
+    hardtanh and ReLU6 a softsign to their cap, clamps the identity): a gate's sigmoid at 40 has
+    a zero gradient in floating point, though the gate depends on the whole image."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        name = getattr(getattr(func, "overloadpacket", func), "__name__", "")
+        if name in SATURATING and args and isinstance(args[0], torch.Tensor):
+            x = args[0]
+            if name.startswith(("sigmoid", "hardsigmoid")):
+                return 0.5 + 0.5 * _soft(x, 1.0)
+            if name.startswith(("tanh", "hardtanh")) or name == "relu6":
+                top = 6.0 if name == "relu6" else float(args[2] if len(args) > 2 else kwargs.get("max_val", 1.0))
+                return _soft(x, abs(top) or 1.0)
+            return x
         if func in (F.max_pool2d, torch.max_pool2d) or getattr(func, "__name__", "") in (
                 "max_pool2d", "_max_pool2d", "max_pool2d_with_indices"):
             x = args[0]
@@ -89,7 +111,7 @@ def gradient_boxes(model: nn.Module, module: str, size, view, positions=None,
     g = torch.Generator().manual_seed(seed + 1)
     x = (0.5 + torch.rand(1, 3, *size, generator=g, dtype=torch.float64)).to(dtype).requires_grad_(True)
     try:
-        with _AveragePools():
+        with _Unsaturated():
             m(x)
     finally:
         h.remove()

@@ -94,9 +94,10 @@ LAYOUT = {
     "reshape_as", "unfold", "diagonal", "tile", "movedim", "moveaxis",
 }
 # layout ops that act on dimensions only: applied to the stored (broadcastable) planes directly
-DIMS_ONLY = {"permute", "transpose", "transpose_", "t", "unsqueeze", "unsqueeze_", "expand",
-             "expand_as", "contiguous", "clone", "detach", "alias", "to", "_to_copy", "float",
-             "double", "half", "bfloat16", "type_as", "type", "lift_fresh", "requires_grad_"}
+DIMS_ONLY = {"permute", "transpose", "transpose_", "swapaxes", "swapdims", "t", "unsqueeze",
+             "unsqueeze_", "expand", "expand_as", "contiguous", "clone", "detach", "alias", "to",
+             "_to_copy", "float", "double", "half", "bfloat16", "type_as", "type", "lift_fresh",
+             "requires_grad_"}
 # ops whose output holds no information about the input's values
 CONSTANT = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like",
             "full_like", "empty_like", "rand_like", "randn_like", "new_tensor", "size", "dim",
@@ -433,9 +434,10 @@ class _Walk(TorchFunctionMode):
                 dims = call_arg(args, kwargs, 1, "dims")
                 dims = list(dims) if isinstance(dims, (list, tuple)) else list(args[1:])
                 return np.transpose(p, [0] + [d % nd + 1 for d in dims])
-            if name in ("transpose", "transpose_", "t"):
-                a = call_arg(args, kwargs, 1, "dim0", 0) if name != "t" else 0
-                b = call_arg(args, kwargs, 2, "dim1", 1) if name != "t" else 1
+            if name in ("transpose", "transpose_", "swapaxes", "swapdims", "t"):
+                first, second = ("axis0", "axis1") if name == "swapaxes" else ("dim0", "dim1")
+                a = call_arg(args, kwargs, 1, first, 0) if name != "t" else 0
+                b = call_arg(args, kwargs, 2, second, 1) if name != "t" else 1
                 return np.swapaxes(p, a % nd + 1, b % nd + 1)
             if name in ("unsqueeze", "unsqueeze_"):
                 d = call_arg(args, kwargs, 1, "dim")
