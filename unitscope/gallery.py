@@ -129,7 +129,7 @@ def _rf_text(layer) -> str:
                  f"(squeeze-excitation: theoretical field up to {layer.rf_theory_max_h}×"
                  f"{layer.rf_theory_max_w} px); patches show the local field")
     if bool(getattr(layer, "rf_cell", False)):
-        text += "; each position is a token, its cell drawn on the image"
+        text += "; each position is a token: its field red on the image, its cell cyan"
     return text
 
 
@@ -250,13 +250,12 @@ def _entry(r, kind: str, meta: dict, patch_names, proj_names, size: int, prep: P
     label = meta["label"]
     cell = getattr(r, "cy0", None)
     cell = None if cell is None or pd.isna(cell) else tuple(int(v) for v in (r.cy0, r.cx0, r.cy1, r.cx1))
-    drawn = cell or (r.y0, r.x0, r.y1, r.x1)
-    return {"tiles": tiles, "cell": cell, "rank": int(r.rank), "what": "activation" if kind != "bottom" else "minimum",
+    return {"tiles": tiles, "cell": cell, "cell_style": _box_style(*cell, size) if cell else "", "rank": int(r.rank), "what": "activation" if kind != "bottom" else "minimum",
             "activation": f"{r.activation:.4g}", "label": "" if pd.isna(label) else label,
             "image": f"{iid:07d}", "image_id": iid, "file": os.path.basename(str(meta["path"])),
             "y0": r.y0, "y1": r.y1, "x0": r.x0, "x1": r.x1, "sy0": f"{sy0:.0f}",
             "sy1": f"{sy1:.0f}", "sx0": f"{sx0:.0f}", "sx1": f"{sx1:.0f}",
-            "box_style": _box_style(*drawn, size)}
+            "box_style": _box_style(r.y0, r.x0, r.y1, r.x1, size)}
 
 
 def build_layer_pages(layers_path: str | os.PathLike, layer_name: str, f: LayerFiles,
