@@ -6,9 +6,11 @@ normalisations cut no path by chance. Max-pooling becomes an average over the sa
 (its gradient reaches the whole window, not the one switch a random image picks), and
 activations that saturate (sigmoid, hard-sigmoid, tanh, ReLU6, clamps) the identity. For the
 *local* field the global gates are detached: the output of every squeeze-and-excitation's global
-pool (any module whose output is 1×1 over space and multiplied back) carries no gradient. A
-gradient smaller than 1e-20 of the largest is no dependence: attention weights of exp(-50) and
-less (masked logits) are what the model means as zero.
+pool (any module whose output is 1×1 over space and multiplied back) carries no gradient. An
+attention logit masked by an added constant of -50 or less (Swin's -100) is made -inf, so that
+its weight is exactly 0, as the model means it; every other non-zero gradient is a dependence.
+Float64 by default: the far edges of a deep field contribute products of many small weights
+(1e-40 and less at EfficientNet-B7's middle), which float32 rounds to zero.
 
 Used by tests/test_networks.py, tests/test_zoo.py and bench/zoo.py."""
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-RELATIVE = 1e-20
+MASKED = -50.0  # an added attention mask at or below this is -inf here: exp(-inf) = 0 exactly
 
 
 SATURATING = {"sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "tanh", "tanh_", "relu6",
@@ -42,6 +44,13 @@ class _Unsaturated(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(getattr(func, "overloadpacket", func), "__name__", "")
+        if name == "add" and len(args) == 2 and all(isinstance(a, torch.Tensor) for a in args):
+            for x, c in (args, args[::-1]):  # a constant mask added to attention logits: -inf
+                if not c.requires_grad and c.is_floating_point() and bool((c <= MASKED).any()):
+                    return torch.where(c <= MASKED, float("-inf"), x + c)
+        if name in ("masked_fill", "masked_fill_") and len(args) >= 3 and not isinstance(
+                args[2], torch.Tensor) and float(args[2]) <= MASKED:
+            return args[0].masked_fill(args[1], float("-inf"))
         if name in SATURATING and args and isinstance(args[0], torch.Tensor):
             x = args[0]
             if name.startswith(("sigmoid", "hardsigmoid")):
@@ -102,8 +111,8 @@ def gradient_boxes(model: nn.Module, module: str, size, view, positions=None,
     """(4, n) bounding boxes y0, x0, y1, x1 of the input gradient's support at each of the layer's
     `positions` ((y, x) pairs on its N×C×H×W maps; default: all), with random positive channel
     weights; -1 where nothing reaches. `view` reads the layer's output (LayerView). Float32
-    (`dtype`) suffices for large models: with positive weights nothing cancels, and what
-    underflows lies far below the threshold."""
+    (`dtype`) is quicker for large models but can lose a deep field's far edges to underflow:
+    check what it calls too large in float64."""
     m = positive(model, seed, dtype)
     handles = detach_gates(m) if local else []
     captured = {}
@@ -124,8 +133,7 @@ def gradient_boxes(model: nn.Module, module: str, size, view, positions=None,
     boxes = np.full((4, len(positions)), -1, np.int64)
     for i, (y, xx) in enumerate(positions):
         grad, = torch.autograd.grad((maps[0, :, y, xx] * w).sum(), x, retain_graph=True)
-        mag = grad[0].abs().sum(0)
-        nz = mag > RELATIVE * float(mag.max()) if float(mag.max()) > 0 else mag > 0
+        nz = grad[0].abs().sum(0) > 0
         rows, cols = torch.nonzero(nz.any(1)).flatten(), torch.nonzero(nz.any(0)).flatten()
         if len(rows):
             boxes[:, i] = [int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1]
