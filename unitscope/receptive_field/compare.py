@@ -1,7 +1,8 @@
 """Both together: the walk's support must equal the probe's at every position of a layer, for each
 kind of field the layer has (else a one-line error naming the layer, the kind, the position and
 both boxes); where the walk cannot follow a layer, the probe's boxes are its field (display box =
-support)."""
+support). Where the walk follows every layer, the probe checks its boxes at the thresholds that
+decide them (`verify_elements`) and measures in full only a kind that fails."""
 from __future__ import annotations
 
 from dataclasses import dataclass

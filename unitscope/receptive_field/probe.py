@@ -9,7 +9,11 @@ box, in 2·(H+W) forward passes of cheap ops (maxima, in float32, which is exact
 backward pass.
 
 Three kinds, as in the walk: `theory` (every path), `local` (an operand 1×1 over space broadcast
-back over the positions — a gate — is a constant), `cell` (also attention keeps only its query)."""
+back over the positions — a gate — is a constant), `cell` (also attention keeps only its query).
+A masked attention logit is -1: it weighs nothing, in softmax and in the product with the values.
+
+`verify_elements` checks claimed boxes instead of measuring them: the output on "rows < r" is
+monotone in r, so the thresholds r = y0 and y0 + 1 at each edge decide a box completely."""
 from __future__ import annotations
 
 import weakref
