@@ -38,6 +38,7 @@ try:
     size = get_model_weights(name).DEFAULT.transforms().crop_size[0]
 except Exception:
     pass
+size = getattr(net, "image_size", size)  # a ViT built without weights takes its own size only
 mods = pick_layers(net)
 t = time.perf_counter()
 try:

@@ -418,24 +418,34 @@ def verify_elements(model: nn.Module, modules: dict[str, str], input_size: tuple
     try:
         for axis, low, edge in SWEEPS:
             n = h if axis == 0 else w
-            wanted = {n if low else 0}
-            for planes in expect.values():
+            users: dict[int, set[str]] = {}  # threshold -> the layers whose boxes it decides
+            for layer, planes in expect.items():
                 e = planes[edge]
                 vals = np.unique(e[np.abs(e) < EMPTY // 2])
                 if len(vals) and (vals.min() < 0 or vals.max() > n):
                     return False  # supports lie inside the image: such an edge is wrong
-                wanted |= set((vals + (0 if low else -1)).tolist()) | set((vals + (1 if low else 0)).tolist())
-            ts = sorted(t for t in wanted if (1 <= t <= n if low else 0 <= t < n))
-            for s in range(0, len(ts), chunk):
-                part = torch.tensor(ts[s:s + chunk])
-                for layer, out in _or_outputs(model, modules, kind, axis, low, part, h, w).items():
-                    got = (_lean(out.detach()) > 0).numpy()
-                    e = expect[layer][edge]
-                    e = e.reshape(*([1] * (got.ndim - e.ndim)), *e.shape)
-                    r = part.numpy().reshape(-1, *([1] * (got.ndim - 1)))
-                    want = (e < r) if low else (e > r)
-                    if (np.broadcast_to(got, np.broadcast_shapes(got.shape, want.shape)) != want).any():
-                        return False
+                wanted = {n if low else 0} | set((vals + (0 if low else -1)).tolist()) | set(
+                    (vals + (1 if low else 0)).tolist())
+                for t in wanted:
+                    if (1 <= t <= n) if low else (0 <= t < n):
+                        users.setdefault(int(t), set()).add(layer)
+            groups: dict[frozenset, list[int]] = {}
+            for t, layers in sorted(users.items()):
+                groups.setdefault(frozenset(layers), []).append(t)
+            # each group runs only as deep as its deepest layer: the many thresholds of an early
+            # layer's fine grid of edges never pass through the rest of the network
+            for layers, ts in groups.items():
+                mods = {layer: modules[layer] for layer in modules if layer in layers}
+                for s in range(0, len(ts), chunk):
+                    part = torch.tensor(ts[s:s + chunk])
+                    for layer, out in _or_outputs(model, mods, kind, axis, low, part, h, w).items():
+                        got = (_lean(out.detach()) > 0).numpy()
+                        e = expect[layer][edge]
+                        e = e.reshape(*([1] * (got.ndim - e.ndim)), *e.shape)
+                        r = part.numpy().reshape(-1, *([1] * (got.ndim - 1)))
+                        want = (e < r) if low else (e > r)
+                        if (np.broadcast_to(got, np.broadcast_shapes(got.shape, want.shape)) != want).any():
+                            return False
     except (RuntimeError, ValueError, IndexError, TypeError):
         return False
     return True
