@@ -16,21 +16,9 @@ from unitscope.layers import layer_table
 from unitscope.receptive_field import EMPTY, layer_fields
 
 
-def gradient_boxes(model, module, size, view) -> np.ndarray:
+def gradient_boxes(model, module, size, field) -> np.ndarray:
     """(4, H, W) gradient-oracle boxes of every position of the layer (tests/oracle.py)."""
-    maps = view.maps(layer_outputs_raw(model, module, size))
-    h, w = maps.shape[-2:]
-    return oracle.gradient_boxes(model, module, size, view).reshape(4, h, w)
-
-
-def layer_outputs_raw(model, module, size):
-    captured = {}
-    handle = model.get_submodule(module).register_forward_hook(
-        lambda m, i, o: captured.setdefault("o", o))
-    with torch.no_grad():
-        model(torch.zeros(1, 3, *size))
-    handle.remove()
-    return captured["o"]
+    return oracle.gradient_boxes(model, module, size, field.view).reshape(4, *field.support.shape[1:])
 
 
 def as_minus_one(a):
@@ -102,7 +90,7 @@ def test_convnext_permutes_keep_the_field_and_the_layout():
     fields, shapes = layer_fields(model, {"block": ""}, (20, 20))
     f = fields["block"]
     assert f.method == "analytic" and f.view.layout == "nchw" and shapes["block"] == (8, 10, 10)
-    want = gradient_boxes(model, "", (20, 20), f.view)
+    want = gradient_boxes(model, "", (20, 20), f)
     assert (as_minus_one(f.support) == want).all()
     assert not f.gated and f.cell is None
 
@@ -112,7 +100,7 @@ def test_a_channels_last_stage_is_read_as_such_with_window_attention_fields():
     fields, shapes = layer_fields(model, {"stage": "out"}, (16, 16))
     f = fields["stage"]
     assert f.method == "analytic" and f.view.layout == "nhwc" and shapes["stage"] == (8, 8, 8)
-    want = gradient_boxes(model, "out", (16, 16), f.view)
+    want = gradient_boxes(model, "out", (16, 16), f)
     assert (as_minus_one(f.support) == want).all()
     # a position sees exactly its 4×4 window of 2-px patches: 8×8 px
     assert ((f.support[2] - f.support[0]) == 8).all() and ((f.support[3] - f.support[1]) == 8).all()
@@ -128,7 +116,7 @@ def test_tokens_are_read_on_the_patch_grid_with_the_class_token_apart():
     f = fields["tokens"]
     assert f.view.layout == "tokens" and f.view.first_token == 1 and f.view.grid == (4, 4)
     assert shapes["tokens"] == (8, 4, 4)
-    want = gradient_boxes(model, "block", (16, 16), f.view)
+    want = gradient_boxes(model, "block", (16, 16), f)
     assert (as_minus_one(f.support) == want).all()
     assert (f.support == np.array([0, 0, 16, 16])[:, None, None]).all()  # attention: everything
     ys, xs = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
@@ -176,7 +164,7 @@ def test_masked_logits_of_shifted_windows_are_no_dependence():
     model = ShiftedWindowStage().eval()
     fields, _ = layer_fields(model, {"stage": "out"}, (16, 16))  # the probe agrees, or it raises
     f = fields["stage"]
-    want = gradient_boxes(model, "out", (16, 16), f.view)
+    want = gradient_boxes(model, "out", (16, 16), f)
     assert (as_minus_one(f.support) == want).all()
     # the corner's shifted window wraps round to the far side, but the mask keeps it to its own
     # 2×2 patches of 2 px: without the rule the field would span the whole map

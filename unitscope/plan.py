@@ -545,14 +545,16 @@ def _check_dataset_folder(layout: Layout, identity: dict, id_given: bool) -> Non
 
 
 def _layer_views(net, modules: dict[str, str], size: int, layouts: dict[str, str],
-                 tokens: str) -> tuple[dict, set[str]]:
+                 tokens: str) -> tuple[dict, set[str], dict[str, int]]:
     """Each layer's view (layer -> LayerView.as_dict(), for the layers that are not plain
-    N×C×H×W or whose layout the config names) and the layers that attention reaches (their
-    projection is the plain gradient). A layout the fields cannot tell is refused by name."""
+    N×C×H×W or whose layout the config names), the layers that attention reaches (their
+    projection is the plain gradient) and each layer's channels, from one traced forward pass.
+    A layout the fields cannot tell is refused by name."""
     from .receptive_field import Traced, find_view, trace_tensors
 
     traced, shapes = trace_tensors(net, modules, (size, size))
     views, attended = {}, set()
+    channels = {layer: int(shape[0]) for layer, shape in shapes.items()}
     for layer, f in traced.items():
         if not isinstance(f, Traced):
             if len(shapes[layer]) != 3 and layer not in layouts:
@@ -568,10 +570,11 @@ def _layer_views(net, modules: dict[str, str], size: int, layouts: dict[str, str
             raise PlanError(f"config key 'tokens': {e}") from None
         if view.layout != "nchw" or layer in layouts:
             views[layer] = view.as_dict()
+        channels[layer] = int(view.hw(shapes[layer])[0])
         if view.layout == "tokens" or not np.array_equal(
                 *np.broadcast_arrays(cell[:4], f.kind("local").planes[:4])):
             attended.add(layer)
-    return views, attended
+    return views, attended, channels
 
 
 def _projection_behind_attention(setting: str, projection: str, views: dict,
@@ -600,7 +603,6 @@ def _describe(spec: ModelSpec, model_cfg: ModelConfig, layers: list[str], projec
     user's own check that the deconvnet can invert it when asked for."""
     from .hooks import LayerOutputError
     from .models import build_model, fit_to_program, resolve_layers
-    from .receptive_field import feature_sizes
 
     try:
         net = build_model(spec, weights=None, seed=model_cfg.seed)
@@ -614,8 +616,7 @@ def _describe(spec: ModelSpec, model_cfg: ModelConfig, layers: list[str], projec
                         f": {e}") from None
     try:
         modules = resolve_layers(spec, layers, model=net)
-        views, attended = _layer_views(net, modules, spec.input_size, layouts, tokens)
-        shapes = feature_sizes(net, modules, (spec.input_size, spec.input_size), views)
+        views, attended, channels = _layer_views(net, modules, spec.input_size, layouts, tokens)
     except (LayerOutputError, ValueError) as e:
         raise PlanError(f"config key 'layers': {e}") from None
     except RuntimeError as e:
@@ -628,4 +629,4 @@ def _describe(spec: ModelSpec, model_cfg: ModelConfig, layers: list[str], projec
         reason = deconvnet_refusal(net, modules, spec.input_size)
         if reason:
             raise PlanError(f"config key 'projection': {reason}")
-    return modules, {layer: shapes[layer][0] for layer in layers}, spec, views, projection
+    return modules, {layer: channels[layer] for layer in layers}, spec, views, projection

@@ -133,15 +133,11 @@ def _check(layer: str, module: str, kind: str, walk: np.ndarray, probed: np.ndar
 
 
 def feature_sizes(model: nn.Module, modules: Iterable[str] | dict[str, str],
-                  input_size: tuple[int, int], views: dict | None = None
-                  ) -> dict[str, tuple[int, ...]]:
-    """Output shape (C, H, W) of each named module (first call) for one input of `input_size`,
-    read through `views` (layer -> LayerView or its dict) where a layer has one."""
+                  input_size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """Output shape (C, H, W) of each named module (first call) for one input of `input_size`."""
     from ..hooks import layer_outputs
 
     mods = modules if isinstance(modules, dict) else {m: m for m in modules}
-    views = {k: v if isinstance(v, LayerView) else LayerView.from_dict(v)
-             for k, v in (views or {}).items()}
     with torch.inference_mode():
-        outs = layer_outputs(model, mods, torch.zeros(1, 3, *input_size), views)
+        outs = layer_outputs(model, mods, torch.zeros(1, 3, *input_size))
     return {k: tuple(int(s) for s in v.shape[1:]) for k, v in outs.items()}
