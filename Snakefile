@@ -18,6 +18,7 @@ include: "workflow/rules/activations.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/examples.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/occlusion.smk"
 
 
 rule all:

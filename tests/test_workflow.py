@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, planned, snakemake
+from unitscope.occlusion import read_occlusion
 
 pytestmark = pytest.mark.workflow
 
@@ -49,7 +50,8 @@ def config_of(folder: Path, weights: Path) -> dict:
     return {"dataset": {"name": "folder", "path": str(folder)},
             "model": {"name": "efficientnet_lite0", "weights": str(weights)},
             "layers": LAYERS, "shards": 2, "batch_size": 8, "device": "cpu", "k": 4, "units": 4,
-            "n_ranges": 2, "per_range": 2, "verify": "all"}
+            "n_ranges": 2, "per_range": 2, "verify": "all",
+            "occlusion": {"examples": 1, "units": 2, "stride": 56}}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,16 @@ def test_every_contract_file_is_written_with_its_columns(run):
         fig = Image.open(res / f"grids/{L}.png")
         assert fig.width > 2 * 2 * 64
         assert len(list((res / f"grids/{L}").glob("unit-*.png"))) == 4
-        for stage in ("topk", "shown", "ranges", "patches", "projections", "verify", "grids"):
+        occ = read_occlusion(res / f"occlusion/{L}.h5")  # each of 2 shown units' strongest image
+        assert list(occ.examples["unit"]) == shown_units[:2] and (occ.examples["rank"] == 0).all()
+        assert occ.maps.shape[0] == 2 and np.isfinite(occ.maps).all()
+        assert np.allclose(occ.examples["unoccluded"], occ.examples["activation"], rtol=1e-4, atol=1e-4)
+        assert occ.attrs["classes"] and set(occ.class_prob) == set(occ.examples["image_id"])
+        assert Image.open(res / f"grids/{L}-occlusion.png").width > 5 * 128
+        assert len(list((res / f"grids/{L}-occlusion").glob("unit-*-rank-00.png"))) == 2
+        page = (res / f"gallery/{L}/unit-{shown_units[0]:04d}.html").read_text()
+        assert "occlusion" in page and f"img/occ-unit-{shown_units[0]:04d}-rank-00.png" in page
+        for stage in ("topk", "shown", "ranges", "patches", "projections", "verify", "grids", "occlusion"):
             assert (res / f"logs/{stage}/{L}.log").exists()
 
 
@@ -226,6 +237,11 @@ def test_one_layers_figure_builds_that_layers_chain_only(tmp_path):
     assert planned(r.stdout) == {("dataset", ""), ("layers", ""), ("activations", "")} | {
         (s, "block3") for s in ("topk", "shown", "ranges", "patches", "projections", "verify", "grids")}
     assert not (tmp_path / "results").exists()
+    r = snakemake(tmp_path, config, "--dry-run",
+                  "results/sample/efficientnet_lite0/grids/block3-occlusion.png")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert planned(r.stdout) == {("dataset", ""), ("layers", ""), ("activations", "")} | {
+        (s, "block3") for s in ("topk", "shown", "ranges", "patches", "occlusion", "occlusion_figure")}
 
 
 def test_a_bad_config_fails_before_any_job_in_one_line(tmp_path):

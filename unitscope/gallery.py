@@ -76,6 +76,8 @@ class LayerFiles:
     ranges: str | None = None
     projections: str | None = None
     verify: str | None = None
+    occlusion: str | None = None        # occlusion/L.h5
+    occlusion_rows: str | None = None   # grids/L-occlusion/: one PNG per occluded example
 
 
 def _write_jpegs(h5_path: str, folder: Path, prefix: str, kind: str) -> dict[tuple[str, int, int], str]:
@@ -166,9 +168,11 @@ def build_gallery(layers_path: str | os.PathLike, manifest_path: str | os.PathLi
 
 def build_index(layers_path: str | os.PathLike, manifest_path: str | os.PathLike,
                 files: dict[str, LayerFiles], images: ImageSource, prep: Preprocessing,
-                out_dir: str | os.PathLike, title: str = "", rejected: int = 0) -> Path:
+                out_dir: str | os.PathLike, title: str = "", rejected: int = 0,
+                correspondence: str | os.PathLike | None = None) -> Path:
     """The gallery's `index.html`, `style.css`, `inputs/` (each image a page shows, once) and
-    `images/` (one page per such image) in `out_dir`, beside the layers' folders."""
+    `images/` (one page per such image) in `out_dir`, beside the layers' folders; with the part
+    correspondence table where one was measured."""
     layers = pd.read_parquet(layers_path)
     manifest = pd.read_parquet(manifest_path)
     by_id = manifest.set_index("image_id", drop=False)
@@ -200,9 +204,24 @@ def build_index(layers_path: str | os.PathLike, manifest_path: str | os.PathLike
         tmp.write_text((TEMPLATES / "style.css").read_text())
     with atomic_path(out_dir / "index.html") as tmp:
         _render(tmp, "index.html", title=title, depth=0, n_images=len(manifest), rejected=rejected,
-                size=size, layers=rows)
+                size=size, layers=rows, parts=_correspondence_rows(correspondence))
     log.info("gallery: %s/index.html", out_dir)
     return out_dir / "index.html"
+
+
+def _correspondence_rows(path: str | os.PathLike | None) -> list[dict]:
+    """The correspondence table as rows of the index page: per part and layer, Δ of the part
+    beside Δ of its random control."""
+    if not path or not os.path.exists(path):
+        return []
+    t = pd.read_parquet(path)
+    rows = []
+    for (part, layer), g in t.groupby(["part", "layer"], sort=False):
+        p, c = g[~g["control"]].iloc[0], g[g["control"]].iloc[0]
+        rows.append({"part": part, "layer": layer, "delta": f"{p.delta:.3f} ± {p['std']:.3f}",
+                     "control": f"{c.delta:.3f} ± {c['std']:.3f}", "images": int(p.images),
+                     "lower": bool(p.delta < c.delta)})
+    return rows
 
 
 def _hist(hist: pd.DataFrame, marks: list[float]) -> dict | None:
@@ -306,6 +325,7 @@ def _layer_pages(folder: Path, layer, f: LayerFiles, manifest: pd.DataFrame, siz
     range_by_unit = _rows_by_unit(ranges, "range") if ranges is not None else {}
     hist_by_unit = {int(u): g for u, g in hist.groupby("unit")} if hist is not None else {}
     votes_by_unit = _rows_by_unit(classes, "rank") if classes is not None else {}
+    occluded, occlusion_note = _occlusion_rows(f, img)
     unit_ids = [int(u) for u in units["unit"]]
     metas = manifest.to_dict("index")
 
@@ -346,11 +366,43 @@ def _layer_pages(folder: Path, layer, f: LayerFiles, manifest: pd.DataFrame, siz
                 max_exact=f"{s.max:.4g}", n_at_max=getattr(s, "n_at_max", ""),
                 top=entries(mine, "top"), short=bool(k and len(mine) < k), k=k,
                 bottom=entries(low_by_unit.get(u, []), "bottom"), ranges=range_parts,
-                labels=labels, classes=votes)
+                labels=labels, classes=votes, occlusion=occluded.get(u, []),
+                occlusion_note=occlusion_note)
         progress.update(1)
     _render(folder / "index.html", "layer.html", title=L, depth=1, layer=L, units=layer.units,
             height=layer.height, width=layer.width, channels=layer.channels, rf=rf,
             has_labels=has_labels, thumbs=thumbs)
+
+
+def _occlusion_rows(f: LayerFiles, img: Path) -> tuple[dict[int, list[dict]], str]:
+    """Each unit's occlusion rows (copied into the layer's img/ folder) and the sentence that says
+    what they show."""
+    if not f.occlusion or not f.occlusion_rows or not os.path.exists(f.occlusion):
+        return {}, ""
+    import shutil
+
+    from .occlusion import read_occlusion
+    from .occlusion_figure import row_file
+
+    occ = read_occlusion(f.occlusion)
+    a = occ.attrs
+    out: dict[int, list[dict]] = {}
+    for e in occ.examples.itertuples():
+        name = row_file(int(e.unit), int(e.rank))
+        src = Path(f.occlusion_rows) / name
+        if not src.exists():
+            continue
+        shutil.copyfile(src, img / f"occ-{name}")
+        out.setdefault(int(e.unit), []).append({"src": f"img/occ-{name}", "rank": int(e.rank),
+                                                "image": f"{int(e.image_id):07d}"})
+    grey = "the training data's mean colour" if a.get("fill_mean") else "a fixed colour"
+    note = (f"A grey square of {a['size']} px ({grey}) centred at {a['n']}×{a['n']} points "
+            f"{a['stride']} px apart; the second panel is the change of the unit's activation (its "
+            f"map's maximum) with the square there: blue where it drops, red where it rises.")
+    if a.get("classes"):
+        note += (f" The last two are the classifier's, with a {a['class_size']} px square: the "
+                 f"probability of the image's top class and the most probable class.")
+    return out, note
 
 
 def _rows_by_unit(table: pd.DataFrame, order: str) -> dict[int, list]:

@@ -25,6 +25,7 @@ PER_LAYER_KEYS = ("k", "distinct", "units", "pick", "seed", "patch_max_px", "dis
                   "panels", "figure", "n_ranges", "per_range")
 SAMPLE_IMAGES = 408  # crops the sample dataset makes (datasets/sample.py)
 GALLERY_NAMES = ("images", "inputs", "index.html", "style.css")  # beside the layers' folders
+OCCLUSION_SUFFIX = "-occlusion"  # grids/L-occlusion.png
 
 
 class PlanError(ValueError):
@@ -147,6 +148,22 @@ class Layout:
     def grid(self, layer: str) -> str:
         return self.per_layer("grids", layer)
 
+    def occlusion(self, layer: str) -> str:
+        """A layer's occlusion maps (occlusion.py)."""
+        return f"{self.res}/occlusion/{layer}.h5"
+
+    def occlusion_grid(self, layer: str) -> str:
+        """A layer's occlusion figure, beside its patch figure."""
+        return f"{self.res}/grids/{layer}{OCCLUSION_SUFFIX}.png"
+
+    def occlusion_rows(self, layer: str) -> str:
+        """One PNG per occluded example (the gallery's unit pages show them)."""
+        return f"{self.res}/grids/{layer}{OCCLUSION_SUFFIX}"
+
+    @property
+    def correspondence(self) -> str:
+        return f"{self.res}/correspondence.parquet"
+
     def unit_grids(self, layer: str) -> str:
         return f"{self.res}/grids/{layer}"
 
@@ -230,6 +247,13 @@ class Plan:
     dataset_listing: str = ""
     model_key: str = ""
     dataset_identity: dict = dataclasses.field(default_factory=dict)
+    occlusion: dict = dataclasses.field(default_factory=dict)  # occlusion.Settings as a dict
+    correspondence: dict | None = None  # the correspondence block, its CSV checked (correspondence.py)
+    correspondence_files: tuple[str, ...] = ()  # the CSV and every image it names
+
+    @property
+    def occluded(self) -> bool:
+        return int(self.occlusion.get("examples", 0)) > 0
 
     @property
     def layer_names(self) -> list[str]:
@@ -257,7 +281,9 @@ class Plan:
     def targets(self) -> list[str]:
         L = self.layout
         return ([L.grid(name) for name in self.layer_names] + [L.layers_table, L.gallery_file("index.html")]
-                + [L.gallery_layer(name) for name in self.layer_names])
+                + [L.gallery_layer(name) for name in self.layer_names]
+                + ([L.occlusion_grid(name) for name in self.layer_names] if self.occluded else [])
+                + ([L.correspondence] if self.correspondence else []))
 
 
 def default_dataset_id(cfg: dict) -> str:
@@ -444,6 +470,11 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
         if layer in GALLERY_NAMES:
             raise PlanError(f"config key 'layers': {layer!r} is a name the gallery keeps for itself "
                             f"({', '.join(GALLERY_NAMES)}); name the layer by its module path")
+    for layer in layers:
+        if layer.endswith(OCCLUSION_SUFFIX) and layer[:-len(OCCLUSION_SUFFIX)] in layers:
+            raise PlanError(f"config key 'layers': {layer!r} would share its figure's name with the "
+                            f"occlusion figure of {layer[:-len(OCCLUSION_SUFFIX)]!r} "
+                            f"(grids/{layer}.png); name one of them by another alias or module path")
     stray = sorted(set(config.get("layouts", {})) - set(layers))
     if stray:
         raise PlanError(f"config key 'layouts' names layers that are not in 'layers': "
@@ -518,6 +549,10 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
         if not torch.cuda.is_available():
             raise PlanError("config key 'device': cuda asked for but torch sees no GPU here; "
                             "valid: auto, cpu (or cuda on a machine with a GPU)")
+    occlusion = _check_occlusion(config.get("occlusion") or {}, model.input_size or spec.input_size)
+    correspondence, correspondence_files = None, ()
+    if config.get("correspondence"):
+        correspondence, correspondence_files = _check_correspondence(config["correspondence"], layers)
     key_source = {"model": model.as_dict(), "files": [_file_identity(f) for f in model_files]}
     model_key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
     return Plan(dataset=data, model=model, spec=spec, layers=tuple(plans), layout=layout,
@@ -528,7 +563,47 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
                 precision=config["precision"], warnings=tuple(warnings),
                 model_files=tuple(model_files), architecture_files=tuple(architecture_files),
                 dataset_files=tuple(dataset_files),
-                dataset_listing=listing, model_key=model_key, dataset_identity=identity)
+                dataset_listing=listing, model_key=model_key, dataset_identity=identity,
+                occlusion=occlusion, correspondence=correspondence,
+                correspondence_files=tuple(correspondence_files))
+
+
+def _check_occlusion(cfg: dict, input_size: int) -> dict:
+    """The occlusion block with its defaults; a square larger than the input, or a stride that
+    leaves pixels uncovered, is refused by name."""
+    from .occlusion import Settings
+
+    s = dataclasses.asdict(Settings.from_dict(cfg))
+    size, stride = s["size"], s["stride"]
+    if size != "auto" and int(size) > input_size:
+        raise PlanError(f"config key 'occlusion.size': {size} px is larger than the "
+                        f"{input_size}-px input; valid: auto or 1..{input_size}")
+    if size != "auto" and stride != "auto" and int(stride) > int(size):
+        raise PlanError(f"config key 'occlusion.stride': {stride} px is more than the {size}-px "
+                        f"square, so some pixels would never be covered; valid: auto or 1..{size}")
+    if stride != "auto" and int(stride) > input_size:
+        raise PlanError(f"config key 'occlusion.stride': {stride} px is larger than the "
+                        f"{input_size}-px input; valid: auto or 1..{input_size}")
+    if s["fill"] != "mean":
+        s["fill"] = [float(v) for v in s["fill"]]
+    return s
+
+
+def _check_correspondence(cfg: dict, layers: list[str]) -> tuple[dict, list[str]]:
+    """The correspondence block with its CSV read and checked (correspondence.read_parts); returns
+    it with the layers filled in, and the files the stage reads (the CSV, every image)."""
+    from .correspondence import read_parts
+
+    out = {"layers": list(layers), "draws": 10, "seed": 0, **cfg}
+    unknown = [layer for layer in out["layers"] if layer not in layers]
+    if unknown:
+        raise PlanError(f"config key 'correspondence.layers': {', '.join(unknown)} not in 'layers'; "
+                        f"configured layers: {', '.join(layers)}")
+    try:
+        parts = read_parts(out["images"])
+    except (OSError, ValueError) as e:
+        raise PlanError(f"config key 'correspondence.images': {e}") from None
+    return out, [out["images"]] + sorted(set(parts["path"]))
 
 
 def _check_dataset_folder(layout: Layout, identity: dict, id_given: bool) -> None:

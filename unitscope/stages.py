@@ -205,6 +205,42 @@ def verify(top: str, shown: str, manifest: str, model: dict, layer: str, out: st
                         view=view)
 
 
+def occlusion(top: str, shown: str, rf: str, table: str, manifest: str, model: dict, layer: str,
+              out: str, settings: dict, model_key: str = "", inputs: list[str] | None = None,
+              threads: int = 1) -> None:
+    """Occlusion maps of each shown unit's strongest images (occlusion/L.h5)."""
+    from .occlusion import Settings, occlusion_stage
+
+    spec, net, module, view = _network(model, layer, threads)
+    with _images(manifest, model, inputs) as images:
+        occlusion_stage(top, shown, rf, table, manifest, images, net, module, spec.mean, spec.std,
+                        layer, out, Settings.from_dict(settings), view, model_key)
+
+
+def occlusion_figure(occlusion: str, patches: str, shown: str, manifest: str, model: dict,
+                     layer: str, out: str, rows: str | None = None, facts: dict | None = None,
+                     inputs: list[str] | None = None) -> None:
+    """The layer's occlusion figure (grids/L-occlusion.png), in the paper's Fig. 7 arrangement,
+    and each example's row (grids/L-occlusion/) for the gallery."""
+    from .occlusion_figure import draw_occlusion_figure
+    from .shown import read_shown
+
+    with _images(manifest, model, inputs) as images:
+        draw_occlusion_figure(occlusion, patches, read_shown(shown)["units"], images, out, layer,
+                              rows_dir=rows, **(facts or {}))
+
+
+def correspondence(images: str, model: dict, layers: list[str], out: str, draws: int = 10,
+                   seed: int = 0, fill="mean", threads: int = 1) -> None:
+    """Part correspondence of your own images and parts (correspondence.parquet)."""
+    import torch
+
+    from .correspondence import correspondence_stage
+
+    torch.set_num_threads(max(threads, 1))
+    correspondence_stage(images, model, list(layers), out, draws, seed, fill)
+
+
 def classes(model: dict, names: list[str], out: str) -> None:
     """The strongest class weights of the units of any layer right before the classifier."""
     from .classes import write_class_weights
@@ -255,7 +291,7 @@ def gallery_layer(table: str, manifest: str, model: dict, layer: str, files: dic
 
 def gallery_index(table: str, manifest: str, rejected: str, model: dict, layers: dict,
                   index: str, style: str, inputs_dir: str, images_dir: str, title: str = "",
-                  inputs: list[str] | None = None) -> None:
+                  inputs: list[str] | None = None, correspondence: str | None = None) -> None:
     """The gallery's index page, style, input images and image pages (`layers` maps each layer to
     its files, gallery.LayerFiles); the outputs lie beside the layers' folders."""
     import os
@@ -272,4 +308,4 @@ def gallery_index(table: str, manifest: str, rejected: str, model: dict, layers:
     files = {name: LayerFiles(**f) for name, f in layers.items()}
     with _images(manifest, model, inputs) as images:
         build_index(table, manifest, files, images, _prep(model), folder, title,
-                    len(pd.read_parquet(rejected)))
+                    len(pd.read_parquet(rejected)), correspondence or None)

@@ -59,7 +59,8 @@ done
 sinfo
 
 CONFIG="{dataset: {name: sample, max_images: 12, seed: 2}, layers: [stem, block3], shards: 3,
-  batch_size: 4, device: cpu, projection: none, k: 4, units: 4}"
+  batch_size: 4, device: cpu, projection: none, k: 4, units: 4,
+  occlusion: {examples: 1, units: 1, stride: 56}}"
 mkdir -p "$WORK/slurm" "$WORK/local"
 echo "$CONFIG" > "$WORK/slurm/config.yaml"
 echo "$CONFIG" > "$WORK/local/config.yaml"

@@ -134,6 +134,22 @@ def report_labels(wildcards):
     return {"layer": wildcards.layer, "RF": rf, "units": f"{units} ({lp.pick})", "k": str(lp.k)}
 
 
+def occlusion_facts(wildcards):
+    return {"model": L.model, "dataset": L.dataset}
+
+
+def occlusion_labels(wildcards):
+    """The report's labels of an occlusion figure."""
+    o = PLAN.occlusion
+    return {"layer": wildcards.layer, "examples": str(o["examples"]),
+            "square": f"{o['size']} px, stride {o['stride']}"}
+
+
+def correspondence_table(wildcards):
+    """The part correspondence table the gallery's index shows, where it is configured."""
+    return {"correspondence": L.correspondence} if PLAN.correspondence else {}
+
+
 def projected_ranges(wildcards):
     """The range examples a layer's projections also project (range_projections: true)."""
     return {"ranges": L.ranges(wildcards.layer)} if PLAN.range_projections else {}
@@ -149,6 +165,9 @@ def layer_gallery_files(wildcards):
         f["projections"] = L.projections(layer)
     if PLAN.verify != "none":
         f["verify"] = L.verify(layer)
+    if PLAN.occluded:
+        f["occlusion"] = L.occlusion(layer)
+        f["occlusion_rows"] = L.occlusion_rows(layer)
     return f
 
 

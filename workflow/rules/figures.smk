@@ -56,6 +56,7 @@ rule gallery_layer:
 rule gallery_index:
     input:
         index_inputs,
+        unpack(correspondence_table),
         table=L.layers_table,
         manifest=L.manifest,
         rejected=L.rejected,

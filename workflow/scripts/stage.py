@@ -8,7 +8,7 @@ from unitscope import stages
 from unitscope.logs import stage_log
 
 # named inputs and params that are there only so that Snakemake reruns the job when they change
-RERUN_ONLY = {"code", "listing", "model_files", "dataset_files"}
+RERUN_ONLY = {"code", "listing", "model_files", "dataset_files", "part_images"}
 
 
 def plain(value):

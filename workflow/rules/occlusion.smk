@@ -1,0 +1,82 @@
+# Why a unit fires: occlusion maps of each shown unit's strongest images and their figure (the
+# paper's Fig. 7), and, opt-in, the part correspondence of the user's own images (Fig. 8).
+rule occlusion:
+    input:
+        top=L.topk("{layer}"),
+        shown=L.shown("{layer}"),
+        rf=L.rf("{layer}"),
+        table=L.layers_table,
+        manifest=L.manifest,
+        model_files=PLAN.model_files,
+        inputs=stored_inputs,
+    output:
+        out=L.occlusion("{layer}"),
+    log:
+        L.log("occlusion", "{layer}"),
+    benchmark:
+        L.benchmark("occlusion", "{layer}")
+    params:
+        model=MODEL,
+        layer=layer_name,
+        settings=PLAN.occlusion,
+        model_key=PLAN.model_key,
+        code=stage_fingerprint("occlusion"),
+    threads: 1  # beside the layer's projections and verification, one core each
+    priority: 1
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"
+
+
+rule occlusion_figure:
+    input:
+        occlusion=L.occlusion("{layer}"),
+        patches=L.patches("{layer}"),
+        shown=L.shown("{layer}"),
+        manifest=L.manifest,
+        inputs=stored_inputs,
+    output:
+        out=report(
+            L.occlusion_grid("{layer}"),
+            caption="../report/occlusion.rst",
+            category="Occlusion",
+            labels=occlusion_labels,
+        ),
+        rows=directory(L.occlusion_rows("{layer}")),
+    log:
+        L.log("occlusion_figure", "{layer}"),
+    params:
+        model=MODEL,
+        layer=layer_name,
+        facts=occlusion_facts,
+        code=stage_fingerprint("occlusion_figure"),
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"
+
+
+rule correspondence:
+    input:
+        images=PLAN.correspondence["images"] if PLAN.correspondence else [],
+        part_images=PLAN.correspondence_files[1:],
+        model_files=PLAN.model_files,
+    output:
+        out=L.correspondence,
+    log:
+        L.log("correspondence"),
+    benchmark:
+        L.benchmark("correspondence")
+    params:
+        model=MODEL,
+        layers=(PLAN.correspondence or {}).get("layers", []),
+        draws=(PLAN.correspondence or {}).get("draws", 10),
+        seed=(PLAN.correspondence or {}).get("seed", 0),
+        fill=PLAN.occlusion.get("fill", "mean"),
+        code=stage_fingerprint("correspondence"),
+    threads: 2
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"
