@@ -8,7 +8,7 @@ One module per section, sharing `harness.py`:
     python bench/run.py --table [bench/results/latest.json]   # reprint an earlier run's table
 
 Sections: scale (scale.py), inference (inference.py), topk (tables.py), planning and listing
-(planning.py), default (default_run.py), iterate (iterate.py); each module's docstring says what
+(planning.py), default (default_run.py), iterate (iterate.py), occlusion (occlusion.py); each module's docstring says what
 it measures and against what."""
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import default_run  # noqa: E402
 import inference  # noqa: E402
 import iterate  # noqa: E402
+import occlusion  # noqa: E402
 import planning  # noqa: E402
 import scale  # noqa: E402
 import tables  # noqa: E402
@@ -33,7 +34,7 @@ from harness import DEFAULT_OUT  # noqa: E402
 
 ROWS = {"scale": scale.rows, "inference": inference.rows, "topk": tables.rows,
         "planning": planning.rows, "listing": planning.listing_rows, "default": default_run.rows,
-        "iterate": iterate.rows}
+        "iterate": iterate.rows, "occlusion": occlusion.rows}
 
 
 def sections(quick: bool) -> dict:
@@ -44,7 +45,8 @@ def sections(quick: bool) -> dict:
             "inference": lambda tmp: inference.bench_inference(tmp, 32 if q else 192),
             "scale": lambda tmp: scale.bench_scale(tmp, 200 if q else 5000, 800 if q else 20000),
             "default": lambda tmp: default_run.bench_default(tmp, 40 if q else None),
-            "iterate": lambda tmp: iterate.bench_iterate(tmp, 40 if q else None)}
+            "iterate": lambda tmp: iterate.bench_iterate(tmp, 40 if q else None),
+            "occlusion": lambda tmp: occlusion.bench_occlusion(tmp, 40 if q else None)}
 
 
 def table(res: dict) -> str:

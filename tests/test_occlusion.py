@@ -283,3 +283,26 @@ def test_occlusion_settings_are_checked_before_any_job():
         plan_of({"occlusion": {"size": 30, "stride": 40}})
     with pytest.raises(PlanError, match="would share its figure's name"):
         plan_of({"layers": ["stem", "stem-occlusion"]})
+
+
+def test_the_correspondence_stage_writes_its_table(tmp_path):
+    from PIL import Image
+
+    from unitscope import stages
+    from unitscope.correspondence import COLUMNS
+
+    rng = np.random.default_rng(0)
+    lines = ["image,part,x0,y0,x1,y1"]
+    for i in range(3):
+        im = rng.integers(0, 256, (80, 120, 3), dtype=np.uint8)
+        im[20:40, 30 + 10 * i:50 + 10 * i] = (250, 0, 0)
+        Image.fromarray(im).save(tmp_path / f"dog{i}.png")
+        lines.append(f"dog{i}.png,nose,{30 + 10 * i},20,{50 + 10 * i},40")
+    (tmp_path / "parts.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "correspondence.parquet"
+    stages.correspondence(str(tmp_path / "parts.csv"), {"name": "efficientnet_lite0", "weights": "none"},
+                          ["stem", "block3"], str(out), draws=3, seed=1)
+    t = pd.read_parquet(out)
+    assert list(t.columns) == COLUMNS and len(t) == 4
+    assert list(t["layer"]) == ["stem", "stem", "block3", "block3"] and list(t["control"]) == [False, True] * 2
+    assert ((t["delta"] >= 0) & (t["delta"] <= 1)).all() and (t["pairs"] == 6).all()

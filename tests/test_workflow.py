@@ -241,7 +241,8 @@ def test_one_layers_figure_builds_that_layers_chain_only(tmp_path):
                   "results/sample/efficientnet_lite0/grids/block3-occlusion.png")
     assert r.returncode == 0, r.stderr[-3000:]
     assert planned(r.stdout) == {("dataset", ""), ("layers", ""), ("activations", "")} | {
-        (s, "block3") for s in ("topk", "shown", "ranges", "patches", "occlusion", "occlusion_figure")}
+        (s, "block3") for s in ("topk", "shown", "ranges", "patches", "projections", "verify", "occlusion",
+                                "grids")}
 
 
 def test_a_bad_config_fails_before_any_job_in_one_line(tmp_path):

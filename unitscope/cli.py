@@ -59,8 +59,8 @@ def _add_stage(sub, name: str, fn) -> None:
     s = sub.add_parser(name, help=doc, description=doc)
     hints = typing.get_type_hints(fn)
     for pname, param in inspect.signature(fn).parameters.items():
-        if pname == "model":
-            _model_options(s)
+        if pname == "model":  # required where the stage always builds the network
+            _model_options(s, required=param.default is inspect.Parameter.empty)
             continue
         hint = str(hints.get(pname, ""))
         kw: dict = {"dest": pname}
@@ -82,7 +82,10 @@ def _add_stage(sub, name: str, fn) -> None:
 def _call_stage(fn, args: argparse.Namespace) -> None:
     kwargs = {}
     for pname in inspect.signature(fn).parameters:
-        kwargs[pname] = model_dict(args) if pname == "model" else getattr(args, pname)
+        if pname == "model":
+            kwargs[pname] = model_dict(args) if args.model else None
+        else:
+            kwargs[pname] = getattr(args, pname)
     fn(**kwargs)
 
 

@@ -187,7 +187,7 @@ def correspondence_stage(images_csv: str, model_cfg: dict, layers: list[str], ou
     """The stage: read the parts CSV, load each image as the network sees it, write the table."""
     from .inputs import Preprocessing, load_image
     from .models import ModelConfig, build_model, resolve_layers
-    from .occlusion import fill_colour
+    from .occlusion_file import fill_colour
 
     cfg = ModelConfig.from_dict(model_cfg)
     spec = cfg.spec()

@@ -381,7 +381,7 @@ def _occlusion_rows(f: LayerFiles, img: Path) -> tuple[dict[int, list[dict]], st
         return {}, ""
     import shutil
 
-    from .occlusion import read_occlusion
+    from .occlusion_file import read_occlusion
     from .occlusion_figure import row_file
 
     occ = read_occlusion(f.occlusion)

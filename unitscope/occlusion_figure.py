@@ -16,7 +16,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .grids import BACKGROUND, MARK, MUTED, TEXT, _font, draw_header, make_tile
-from .occlusion import Squares, read_occlusion
+from .occlusion_file import Squares, read_occlusion
 from .patches import GRAY, file_attrs, read_index, read_patches
 
 log = logging.getLogger("unitscope")

@@ -571,7 +571,7 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
 def _check_occlusion(cfg: dict, input_size: int) -> dict:
     """The occlusion block with its defaults; a square larger than the input, or a stride that
     leaves pixels uncovered, is refused by name."""
-    from .occlusion import Settings
+    from .occlusion_file import Settings
 
     s = dataclasses.asdict(Settings.from_dict(cfg))
     size, stride = s["size"], s["stride"]

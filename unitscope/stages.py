@@ -217,19 +217,6 @@ def occlusion(top: str, shown: str, rf: str, table: str, manifest: str, model: d
                         layer, out, Settings.from_dict(settings), view, model_key)
 
 
-def occlusion_figure(occlusion: str, patches: str, shown: str, manifest: str, model: dict,
-                     layer: str, out: str, rows: str | None = None, facts: dict | None = None,
-                     inputs: list[str] | None = None) -> None:
-    """The layer's occlusion figure (grids/L-occlusion.png), in the paper's Fig. 7 arrangement,
-    and each example's row (grids/L-occlusion/) for the gallery."""
-    from .occlusion_figure import draw_occlusion_figure
-    from .shown import read_shown
-
-    with _images(manifest, model, inputs) as images:
-        draw_occlusion_figure(occlusion, patches, read_shown(shown)["units"], images, out, layer,
-                              rows_dir=rows, **(facts or {}))
-
-
 def correspondence(images: str, model: dict, layers: list[str], out: str, draws: int = 10,
                    seed: int = 0, fill="mean", threads: int = 1) -> None:
     """Part correspondence of your own images and parts (correspondence.parquet)."""
@@ -251,8 +238,11 @@ def classes(model: dict, names: list[str], out: str) -> None:
 def grids(patches: str, units: str, shown: str, table: str, manifest: str, layer: str, out: str,
           unit_dir: str, display_px: int = 64, k: int = 9, panels: str = "patches",
           figure: str = "top", projections: str | None = None, verify: str | None = None,
-          facts: dict | None = None) -> None:
-    """The layer figure and one figure per shown unit."""
+          facts: dict | None = None, occlusion: str | None = None, occlusion_out: str | None = None,
+          occlusion_rows: str | None = None, model: dict | None = None,
+          inputs: list[str] | None = None) -> None:
+    """The layer figure and one figure per shown unit; with `occlusion`, also the occlusion figure
+    (Fig. 7, `occlusion_out`) and each occluded example's row (`occlusion_rows`)."""
     import pandas as pd
 
     from .examples import median_erf
@@ -277,6 +267,15 @@ def grids(patches: str, units: str, shown: str, table: str, manifest: str, layer
                               if bool(row.get("rf_gated", False)) else None),
                        **(facts or {}))
     draw_grids(patches, units, doc, out, unit_dir, display_px, k, info, projections, panels, figure)
+    if occlusion and occlusion_out:
+        from .occlusion_figure import draw_occlusion_figure
+
+        if model is None:
+            raise ValueError("grids: the occlusion figure shows the images: give the model too")
+
+        with _images(manifest, model, inputs) as images:
+            draw_occlusion_figure(occlusion, patches, doc["units"], images, occlusion_out, layer,
+                                  info.model, info.dataset, occlusion_rows)
 
 
 def gallery_layer(table: str, manifest: str, model: dict, layer: str, files: dict, out: str,

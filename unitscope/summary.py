@@ -19,6 +19,12 @@ def run_summary(plan) -> str:
     figures = [L.grid(layer) for layer in plan.layer_names if os.path.exists(L.grid(layer))]
     if figures:
         lines.append(f"  figures: {os.path.dirname(figures[0])}/ ({', '.join(os.path.basename(f) for f in figures)})")
+    occluded = [L.occlusion_grid(layer) for layer in plan.layer_names
+                if plan.occluded and os.path.exists(L.occlusion_grid(layer))]
+    if occluded:
+        lines.append(f"  occlusion (Fig. 7): {', '.join(os.path.basename(f) for f in occluded)}")
+    if plan.correspondence and os.path.exists(L.correspondence):
+        lines.append(f"  part correspondence (Fig. 8): {L.correspondence}")
     if os.path.exists(os.path.join(L.gallery, "index.html")):
         lines.append(f"  gallery: {os.path.abspath(os.path.join(L.gallery, 'index.html'))}")
     lines.append("  report: snakemake --report report.zip")

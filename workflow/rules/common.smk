@@ -115,6 +115,9 @@ def figure_inputs(wildcards):
         files["projections"] = L.projections(layer)
     if PLAN.verify != "none":
         files["verify"] = L.verify(layer)
+    if PLAN.occluded:  # the occlusion figure shows the images, read as every stage reads them
+        files["occlusion"] = L.occlusion(layer)
+        files["inputs"] = stored_inputs()
     return files
 
 
@@ -132,10 +135,6 @@ def report_labels(wildcards):
     rf = f"{row.rf_size}x{row.rf_size_x} px" if row.rf_affine else f"up to {row.rf_max_h}x{row.rf_max_w} px"
     units = lp.units if isinstance(lp.units, int) else ",".join(map(str, lp.units))
     return {"layer": wildcards.layer, "RF": rf, "units": f"{units} ({lp.pick})", "k": str(lp.k)}
-
-
-def occlusion_facts(wildcards):
-    return {"model": L.model, "dataset": L.dataset}
 
 
 def occlusion_labels(wildcards):

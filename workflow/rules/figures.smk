@@ -10,6 +10,10 @@ rule grids:
             labels=report_labels,
         ),
         unit_dir=directory(L.unit_grids("{layer}")),
+        # with occlusion on: its figure (Fig. 7) and one row image per example, for the gallery
+        **({"occlusion_out": report(L.occlusion_grid("{layer}"), caption="../report/occlusion.rst",
+                                    category="Occlusion", labels=occlusion_labels),
+            "occlusion_rows": directory(L.occlusion_rows("{layer}"))} if PLAN.occluded else {}),
     log:
         L.log("grids", "{layer}"),
     benchmark:
@@ -21,6 +25,7 @@ rule grids:
         panels=layer_panels,
         figure=setting("figure"),
         facts=figure_facts,
+        model=MODEL,
         code=stage_fingerprint("grids"),
     conda:
         "../../envs/unitscope.yaml"

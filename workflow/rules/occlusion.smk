@@ -1,5 +1,6 @@
-# Why a unit fires: occlusion maps of each shown unit's strongest images and their figure (the
-# paper's Fig. 7), and, opt-in, the part correspondence of the user's own images (Fig. 8).
+# Why a unit fires: occlusion maps of each shown unit's strongest images (the paper's Fig. 7; the
+# layer's `grids` job draws their figure), and, opt-in, the part correspondence of the user's own
+# images (Fig. 8).
 rule occlusion:
     input:
         top=L.topk("{layer}"),
@@ -23,34 +24,6 @@ rule occlusion:
         code=stage_fingerprint("occlusion"),
     threads: 1  # beside the layer's projections and verification, one core each
     priority: 1
-    conda:
-        "../../envs/unitscope.yaml"
-    script:
-        "../scripts/stage.py"
-
-
-rule occlusion_figure:
-    input:
-        occlusion=L.occlusion("{layer}"),
-        patches=L.patches("{layer}"),
-        shown=L.shown("{layer}"),
-        manifest=L.manifest,
-        inputs=stored_inputs,
-    output:
-        out=report(
-            L.occlusion_grid("{layer}"),
-            caption="../report/occlusion.rst",
-            category="Occlusion",
-            labels=occlusion_labels,
-        ),
-        rows=directory(L.occlusion_rows("{layer}")),
-    log:
-        L.log("occlusion_figure", "{layer}"),
-    params:
-        model=MODEL,
-        layer=layer_name,
-        facts=occlusion_facts,
-        code=stage_fingerprint("occlusion_figure"),
     conda:
         "../../envs/unitscope.yaml"
     script:
