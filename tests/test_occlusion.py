@@ -301,7 +301,7 @@ def test_the_correspondence_stage_writes_its_table(tmp_path):
     (tmp_path / "parts.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "correspondence.parquet"
     stages.correspondence(str(tmp_path / "parts.csv"), {"name": "efficientnet_lite0", "weights": "none"},
-                          ["stem", "block3"], str(out), draws=3, seed=1)
+                          ["stem", "block3"], str(out), draws=3, control_seed=1)
     t = pd.read_parquet(out)
     assert list(t.columns) == COLUMNS and len(t) == 4
     assert list(t["layer"]) == ["stem", "stem", "block3", "block3"] and list(t["control"]) == [False, True] * 2

@@ -174,8 +174,8 @@ def test_changing_one_layers_setting_replans_only_that_layer(run):
     r = snakemake(work, {**config, "overrides": {"block3": {"k": 3}}}, "--dry-run")
     assert r.returncode == 0, r.stderr[-3000:]
     # that layer's chain and its gallery pages, and the gallery's one small index job
-    assert planned(r.stdout) == {(s, "block3") for s in ("topk", "shown", "ranges", "patches",
-                                                          "projections", "verify", "grids", "gallery_layer")} | {
+    assert planned(r.stdout) == {(s, "block3") for s in ("topk", "shown", "ranges", "patches", "projections",
+                                                          "verify", "occlusion", "grids", "gallery_layer")} | {
         ("gallery_index", ""), ("all", "")}
     r = snakemake(work, {**config, "overrides": {"stem": {"n_ranges": 3}}}, "--dry-run")
     # range examples are not projected by default (range_projections: false)
@@ -185,7 +185,8 @@ def test_changing_one_layers_setting_replans_only_that_layer(run):
                   "--dry-run")
     assert ("projections", "stem") in planned(r.stdout)  # asked for: they are projected too
     r = snakemake(work, {**config, "overrides": {"stem": {"display_px": 48}}}, "--dry-run")
-    assert planned(r.stdout) == {("grids", "stem"), ("all", "")}
+    # the figures (and the occlusion rows its gallery pages copy) of that layer
+    assert planned(r.stdout) == {("grids", "stem"), ("gallery_layer", "stem"), ("all", "")}
 
 
 def test_every_input_from_outside_results_is_compared(run, tmp_path):
@@ -235,7 +236,8 @@ def test_one_layers_figure_builds_that_layers_chain_only(tmp_path):
     r = snakemake(tmp_path, config, "--dry-run", "results/sample/efficientnet_lite0/grids/block3.png")
     assert r.returncode == 0, r.stderr[-3000:]
     assert planned(r.stdout) == {("dataset", ""), ("layers", ""), ("activations", "")} | {
-        (s, "block3") for s in ("topk", "shown", "ranges", "patches", "projections", "verify", "grids")}
+        (s, "block3") for s in ("topk", "shown", "ranges", "patches", "projections", "verify", "occlusion",
+                                "grids")}
     assert not (tmp_path / "results").exists()
     r = snakemake(tmp_path, config, "--dry-run",
                   "results/sample/efficientnet_lite0/grids/block3-occlusion.png")

@@ -218,14 +218,15 @@ def occlusion(top: str, shown: str, rf: str, table: str, manifest: str, model: d
 
 
 def correspondence(images: str, model: dict, layers: list[str], out: str, draws: int = 10,
-                   seed: int = 0, fill="mean", threads: int = 1) -> None:
-    """Part correspondence of your own images and parts (correspondence.parquet)."""
+                   control_seed: int = 0, fill="mean", threads: int = 1) -> None:
+    """Part correspondence of your own images and parts (correspondence.parquet); `control_seed`
+    seeds the random control boxes (the model's `seed` seeds random weights)."""
     import torch
 
     from .correspondence import correspondence_stage
 
     torch.set_num_threads(max(threads, 1))
-    correspondence_stage(images, model, list(layers), out, draws, seed, fill)
+    correspondence_stage(images, model, list(layers), out, draws, control_seed, fill)
 
 
 def classes(model: dict, names: list[str], out: str) -> None:

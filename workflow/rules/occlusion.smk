@@ -45,7 +45,7 @@ rule correspondence:
         model=MODEL,
         layers=(PLAN.correspondence or {}).get("layers", []),
         draws=(PLAN.correspondence or {}).get("draws", 10),
-        seed=(PLAN.correspondence or {}).get("seed", 0),
+        control_seed=(PLAN.correspondence or {}).get("seed", 0),
         fill=PLAN.occlusion.get("fill", "mean"),
         code=stage_fingerprint("correspondence"),
     threads: 2
