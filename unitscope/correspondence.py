@@ -38,8 +38,8 @@ COLUMNS = ["part", "layer", "control", "delta", "std", "images", "pairs", "draws
 def read_parts(csv_path: str | os.PathLike) -> pd.DataFrame:
     """The parts CSV, checked: its columns, numeric boxes with x1 > x0 and y1 > y0 inside the
     image, each image a file, each (image, part) once, each part in at least two images. Adds
-    `path`, the image's absolute path."""
-    from PIL import Image, ImageOps
+    `path` (the image's absolute path), `width` and `height` (its size after EXIF orientation)."""
+    from PIL import Image
 
     csv_path = str(csv_path)
     if not os.path.isfile(csv_path):
@@ -72,8 +72,9 @@ def read_parts(csv_path: str | os.PathLike) -> pd.DataFrame:
             raise ValueError(f"{csv_path} row {i}: no image file {r.image!r}")
         if r.path not in sizes:
             try:
-                with Image.open(r.path) as im:
-                    sizes[r.path] = ImageOps.exif_transpose(im).size if im.getexif().get(0x0112, 1) != 1 else im.size
+                with Image.open(r.path) as im:  # the size after EXIF orientation, nothing decoded
+                    w, h = im.size
+                    sizes[r.path] = (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
             except OSError as e:
                 raise ValueError(f"{csv_path} row {i}: {r.image!r} is not an image ({e})") from None
         w, h = sizes[r.path]
@@ -81,6 +82,8 @@ def read_parts(csv_path: str | os.PathLike) -> pd.DataFrame:
             raise ValueError(f"{csv_path} row {i}: box x {r.x0:g}..{r.x1:g}, y {r.y0:g}..{r.y1:g} "
                              f"is not inside the {w}×{h} image {r.image!r} (need 0 ≤ x0 < x1 ≤ "
                              f"width, 0 ≤ y0 < y1 ≤ height)")
+    t["width"] = [sizes[p][0] for p in t["path"]]
+    t["height"] = [sizes[p][1] for p in t["path"]]
     counts = t.groupby("part")["image"].nunique()
     few = counts[counts < 2]
     if len(few):
@@ -201,12 +204,9 @@ def correspondence_stage(images_csv: str, model_cfg: dict, layers: list[str], ou
         if r.image not in images:
             images[r.image] = load_image(SimpleNamespace(path=r.path, member=None, member_offset=None,
                                                          crop_left=None), prep)
-        from PIL import Image, ImageOps
-
-        with Image.open(r.path) as im:
-            size = ImageOps.exif_transpose(im).size
         try:
-            boxes.append(input_box((r.x0, r.y0, r.x1, r.y1), size, prep.resize_size, prep.input_size))
+            boxes.append(input_box((r.x0, r.y0, r.x1, r.y1), (r.width, r.height), prep.resize_size,
+                                   prep.input_size))
         except ValueError as e:
             raise ValueError(f"{images_csv}: part {r.part!r} of {r.image!r}: {e}") from None
     parts = parts.assign(**{name: [b[i] for b in boxes] for i, name in enumerate(("iy0", "ix0", "iy1", "ix1"))})
