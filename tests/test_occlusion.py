@@ -163,6 +163,18 @@ def test_a_square_that_touches_no_field_runs_no_forward_pass():
     np.testing.assert_allclose(r["maps"], want, rtol=0, atol=1e-12)
 
 
+def test_a_field_that_sees_everything_is_touched_by_every_square():
+    """Whole images (no affine field): a square counts as touching when any of the 256 positions'
+    boxes meets it, however many do."""
+    rf = pd.DataFrame({"y": np.repeat(np.arange(16), 16), "x": np.tile(np.arange(16), 16)})
+    for name, v in (("y0", -5), ("x0", -5), ("y1", 40), ("x1", 40)):
+        rf[name] = v
+        rf["t" + name] = v
+    row = pd.Series({"height": 16, "width": 16, "rf_affine": False})
+    geo = layer_geometry(Squares(4, 4, 32), rf, row)
+    assert not geo.local and geo.touched.all()
+
+
 def test_a_red_square_detectors_map_is_low_exactly_where_the_square_covers_the_red_square():
     net = nn.Sequential(nn.Conv2d(3, 1, 1), nn.ReLU()).double().eval()
     with torch.no_grad():  # redness on the normalised input: high only on the red square

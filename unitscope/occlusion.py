@@ -122,12 +122,13 @@ def layer_geometry(squares: Squares, rf: pd.DataFrame, row: pd.Series) -> Geomet
     ty0, tx0, ty1, tx1 = (theory[:, i] for i in range(4))
     hit_y = (spans[:, None, 0] < ty1[None]) & (spans[:, None, 1] > ty0[None])   # (n, P)
     hit_x = (spans[:, None, 0] < tx1[None]) & (spans[:, None, 1] > tx0[None])
-    touched = (hit_y.astype(np.uint8) @ hit_x.T.astype(np.uint8)) > 0          # (n, n)
-    whole = AxisPlan(np.zeros(squares.n, np.int64), np.full(squares.n, h), np.zeros(squares.n, np.int64),
-                     np.full(squares.n, squares.input_size), 0)
-    wx = AxisPlan(np.zeros(squares.n, np.int64), np.full(squares.n, w), np.zeros(squares.n, np.int64),
-                  np.full(squares.n, squares.input_size), 0)
-    return Geometry(squares, whole, wx, False, touched)
+    touched = (hit_y.astype(np.int64) @ hit_x.T.astype(np.int64)) > 0          # (n, n)
+
+    def whole(positions: int) -> AxisPlan:  # every position, the whole input
+        zeros = np.zeros(squares.n, np.int64)
+        return AxisPlan(zeros, np.full(squares.n, positions), zeros,
+                        np.full(squares.n, squares.input_size), 0)
+    return Geometry(squares, whole(h), whole(w), False, touched)
 
 
 class NotLocal(RuntimeError):
