@@ -19,9 +19,10 @@ include: "workflow/rules/tables.smk"
 include: "workflow/rules/examples.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/occlusion.smk"
+include: "workflow/rules/compare.smk"
 
 
 rule all:
     input:
-        PLAN.targets(),
+        RUN.targets(),
     default_target: True

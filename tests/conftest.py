@@ -87,10 +87,14 @@ def plan_of(config: dict, **kw):
     return build_plan(validated(config), **{"check_results": False, **kw})
 
 
-def snakemake(workdir: Path, config: dict, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the workflow in `workdir` with `config`."""
+def snakemake(workdir: Path, config: dict, *args: str, timeout: int = 900,
+              pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the workflow in `workdir` with `config` (`pythonpath`: where a model.python factory's
+    module lies, for the main process and every job)."""
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
                            "--configfile", "config.yaml", "--cores", "2", *args],
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
@@ -98,18 +102,28 @@ def snakemake(workdir: Path, config: dict, *args: str, timeout: int = 900) -> su
 
 def planned(out: str) -> set[tuple[str, str]]:
     """(rule, layer) of every job a dry run plans."""
+    return {(rule, layer) for rule, _, layer in planned_jobs(out)}
+
+
+def planned_jobs(out: str) -> set[tuple[str, str, str]]:
+    """(rule, model, layer) of every job a dry run plans ("" where the rule has no such wildcard;
+    the comparison's name stands in for the model of a comparison's jobs)."""
     import re
 
-    jobs, rule = set(), None
+    jobs, job = set(), None
     for line in out.splitlines():
         m = re.match(r"^(?:local)?rule (\w+):", line)
         if m:
-            rule = m.group(1)
-            jobs.add((rule, ""))
-        m = re.match(r"^\s+wildcards: .*layer=([\w.]+)", line)
-        if m and rule:
-            jobs.discard((rule, ""))
-            jobs.add((rule, m.group(1)))
+            if job:
+                jobs.add(tuple(job))
+            job = [m.group(1), "", ""]
+        m = re.match(r"^\s+wildcards: (.*)$", line)
+        if m and job:
+            w = dict(part.split("=", 1) for part in m.group(1).split(", ") if "=" in part)
+            job[1] = w.get("model", w.get("compare", ""))
+            job[2] = w.get("layer", "")
+    if job:
+        jobs.add(tuple(job))
     return jobs
 
 

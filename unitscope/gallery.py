@@ -169,10 +169,12 @@ def build_gallery(layers_path: str | os.PathLike, manifest_path: str | os.PathLi
 def build_index(layers_path: str | os.PathLike, manifest_path: str | os.PathLike,
                 files: dict[str, LayerFiles], images: ImageSource, prep: Preprocessing,
                 out_dir: str | os.PathLike, title: str = "", rejected: int = 0,
-                correspondence: str | os.PathLike | None = None) -> Path:
+                correspondence: str | os.PathLike | None = None, links: dict | None = None) -> Path:
     """The gallery's `index.html`, `style.css`, `inputs/` (each image a page shows, once) and
     `images/` (one page per such image) in `out_dir`, beside the layers' folders; with the part
-    correspondence table where one was measured."""
+    correspondence table where one was measured. `links`: the first layer's filters figure
+    ("filters", relative to the index) and the comparisons the model takes part in ("compare":
+    name -> page)."""
     layers = pd.read_parquet(layers_path)
     manifest = pd.read_parquet(manifest_path)
     by_id = manifest.set_index("image_id", drop=False)
@@ -204,7 +206,8 @@ def build_index(layers_path: str | os.PathLike, manifest_path: str | os.PathLike
         tmp.write_text((TEMPLATES / "style.css").read_text())
     with atomic_path(out_dir / "index.html") as tmp:
         _render(tmp, "index.html", title=title, depth=0, n_images=len(manifest), rejected=rejected,
-                size=size, layers=rows, parts=_correspondence_rows(correspondence))
+                size=size, layers=rows, parts=_correspondence_rows(correspondence),
+                filters=(links or {}).get("filters"), compares=(links or {}).get("compare", {}))
     log.info("gallery: %s/index.html", out_dir)
     return out_dir / "index.html"
 

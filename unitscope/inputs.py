@@ -94,8 +94,16 @@ def _crop_of(row) -> tuple[int, int, int, int] | None:
 def load_image(row, prep: Preprocessing) -> np.ndarray:
     """One image (a manifest row: path, optional crop box and tar member) as the network sees it
     (H×W×3 uint8); an image that cannot be read is one error naming the file (and the member)."""
+    image, top, left = load_resized(row, prep)
+    n = prep.input_size
+    return image[top:top + n, left:left + n]
+
+
+def load_resized(row, prep: Preprocessing) -> tuple[np.ndarray, int, int]:
+    """One image resized as the preprocessing resizes it, before its centre crop (H×W×3 uint8),
+    and the (top, left) of that crop: what a transformation of the original image starts from."""
     try:
-        return _decode(row, prep)
+        return _resized(row, prep)
     except (OSError, SyntaxError) as e:
         if getattr(e, "errno", None) in (28, 122):  # a full disk is said as such upstream
             raise
@@ -104,21 +112,20 @@ def load_image(row, prep: Preprocessing) -> np.ndarray:
         raise ValueError(f"{where}: cannot read the image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
-def _decode(row, prep: Preprocessing) -> np.ndarray:
+def _resized(row, prep: Preprocessing) -> tuple[np.ndarray, int, int]:
     crop = _crop_of(row)
     if crop is not None:  # crops of one photo follow each other: the photo is decoded once
         im = _whole_image(*_source_key(row)).crop(crop)
     else:
         im = _upright_rgb(row, prep)
     w, h = im.size
-    n = prep.input_size
-    nw, nh, left, top = resized_crop(w, h, prep.resize_size, n)
+    nw, nh, left, top = resized_crop(w, h, prep.resize_size, prep.input_size)
     if (nw, nh) != (w, h):
         # full: Pillow's antialiased resize over all pixels, as torchvision's Resize does;
         # fast: a box reduction first down to 3x the size (Pillow's reducing_gap)
         im = im.resize((nw, nh), RESAMPLE[prep.resample],
                        reducing_gap=3.0 if prep.decode == "fast" else None)
-    return np.asarray(im, dtype=np.uint8)[top:top + n, left:left + n]
+    return np.asarray(im, dtype=np.uint8), top, left
 
 
 def _upright_rgb(row, prep: Preprocessing | None):

@@ -51,7 +51,8 @@ class Layout:
 
     def __post_init__(self):
         safe_name(self.dataset, "dataset.id")
-        safe_name(self.model, "model.id")
+        if self.model != "{model}":  # the wildcard of the rules (Run.layout)
+            safe_name(self.model, "model.id")
 
     @property
     def data(self) -> str:
@@ -163,6 +164,35 @@ class Layout:
     @property
     def correspondence(self) -> str:
         return f"{self.res}/correspondence.parquet"
+
+    @property
+    def filters_table(self) -> str:
+        """The first convolution's filters: statistics (filters.py)."""
+        return f"{self.res}/filters.parquet"
+
+    @property
+    def filters_figure(self) -> str:
+        return f"{self.res}/filters.png"
+
+    def invariance(self, layer: str) -> str:
+        """A layer's invariance curves' table (invariance.py)."""
+        return f"{self.res}/invariance/{layer}.parquet"
+
+    def invariance_figure(self, layer: str) -> str:
+        return f"{self.res}/invariance/{layer}.png"
+
+    def compare_table(self, name: str, layer: str) -> str:
+        """A comparison's table of one layer (compare.py): beside the models, not in one of them."""
+        return f"{self.data}/compare/{name}/{layer}.parquet"
+
+    def compare_figure(self, name: str, layer: str) -> str:
+        return f"{self.data}/compare/{name}/{layer}.png"
+
+    def compare_page(self, name: str) -> str:
+        return f"{self.data}/compare/{name}/index.html"
+
+    def compare_log(self, name: str, layer: str | None = None) -> str:
+        return f"{self.data}/logs/compare/{name}" + (f"-{layer}.log" if layer else ".log")
 
     def unit_grids(self, layer: str) -> str:
         return f"{self.res}/grids/{layer}"
@@ -283,7 +313,8 @@ class Plan:
         return ([L.grid(name) for name in self.layer_names] + [L.layers_table, L.gallery_file("index.html")]
                 + [L.gallery_layer(name) for name in self.layer_names]
                 + ([L.occlusion_grid(name) for name in self.layer_names] if self.occluded else [])
-                + ([L.correspondence] if self.correspondence else []))
+                + ([L.correspondence] if self.correspondence else [])
+                + [L.filters_figure, L.filters_table])
 
 
 def default_dataset_id(cfg: dict) -> str:
@@ -444,14 +475,117 @@ def _file_identity(path: str, ctime: bool = False) -> list:
     return [os.path.abspath(path), st.st_size, st.st_mtime_ns] + ([st.st_ctime_ns] if ctime else [])
 
 
+RESERVED_IDS = ("compare", "logs", "benchmarks")  # folders of results/D/ that are not a model's
+ARCHITECTURE_FREE = ("id", "weights", "seed")  # what models sharing one layer table may differ in
+
+
+@dataclass(frozen=True)
+class DatasetPart:
+    """What every model of a run shares: the dataset, its files and shards."""
+
+    data: dict
+    files: tuple[str, ...]
+    identity: dict
+    shards: int
+    listing: str
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Run:
+    """The whole run: one Plan per model (in config order, ids unique), the model whose `layers`
+    job makes each model's layer table (the first of the models that differ from it only in
+    weights), the checkpoint series, the comparisons and the invariance sweeps."""
+
+    plans: dict
+    owners: dict
+    series: dict = dataclasses.field(default_factory=dict)  # series name -> model ids
+    compares: dict = dataclasses.field(default_factory=dict)  # name -> models, layers, units, seed
+    invariance: dict | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def first(self) -> "Plan":
+        return next(iter(self.plans.values()))
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.plans)
+
+    @property
+    def layout(self) -> "Layout":
+        """The paths of every model, with the model as the wildcard "{model}"."""
+        return Layout(self.first.layout.dataset, "{model}", self.first.layout.root)
+
+    def table_owners(self) -> list[str]:
+        return sorted(set(self.owners.values()))
+
+    def compare_units(self, model: str, layer: str) -> list[dict]:
+        """The unit choices ({units, seed}) of the comparisons that show `model`'s `layer`: its
+        projections job also projects those units' strongest example."""
+        return [{"units": c["units"], "seed": c["seed"]} for c in self.compares.values()
+                if model in c["models"] and layer in c["layers"]]
+
+    def targets(self) -> list[str]:
+        out = [t for plan in self.plans.values() for t in plan.targets()]
+        L = self.first.layout
+        for name, c in self.compares.items():
+            out += [L.compare_table(name, layer) for layer in c["layers"]]
+            out += [L.compare_figure(name, layer) for layer in c["layers"]]
+            out.append(L.compare_page(name))
+        if self.invariance:
+            for model in self.invariance["models"]:
+                M = self.plans[model].layout
+                out += [f(layer) for layer in self.invariance["layers"]
+                        for f in (M.invariance, M.invariance_figure)]
+        return out
+
+
 def build_plan(config: dict, describe_model: bool = True, check_device: bool = True,
-               check_results: bool = True) -> Plan:
-    """The plan of a config already validated against the schema (defaults filled in).
-    `describe_model` builds the model where a layer is given by module path (or the model is the
-    user's own) to check layer names, outputs and unit counts before any job; `check_device`
-    checks that `device: cuda` has a GPU here (off when jobs run elsewhere, e.g. on SLURM);
-    `check_results` refuses a dataset whose results folder (under the working directory) holds
-    another dataset."""
+               check_results: bool = True) -> "Plan":
+    """The plan of the config's first model (its only one, without `models:`); see `build_run`."""
+    return build_run(config, describe_model, check_device, check_results).first
+
+
+def model_blocks(config: dict) -> tuple[list[dict], dict[str, list[str]]]:
+    """The config's models as model blocks, each with its `id`, and each checkpoint series' ids:
+    `models:` (a list of model blocks and `{series: ...}` items, or one `{series: ...}`) where
+    given, else the one `model:` block."""
+    models = config.get("models")
+    if not models:
+        return [dict(config["model"])], {}
+    items = [models] if isinstance(models, dict) else list(models)
+    blocks, series = [], {}
+    for i, item in enumerate(items):
+        if "series" not in item:
+            blocks.append(dict(item))
+            continue
+        s = dict(item["series"])
+        lists = [k for k, v in s.items() if isinstance(v, list) and k not in ("mean", "std")]
+        if len(lists) != 1:
+            raise PlanError(f"config key 'models[{i}].series': give exactly one list of values "
+                            f"(e.g. epoch: [1, 2, 5]); found {len(lists)} ({', '.join(lists) or 'none'})")
+        var = lists[0]
+        values = s.pop(var)
+        weights = s.get("weights", "")
+        if "{" + var + "}" not in weights:
+            raise PlanError(f"config key 'models[{i}].series.weights': {weights!r} has no "
+                            f"{{{var}}} to put each {var} in (e.g. ckpt/{var}{{{var}}}.pth)")
+        if len(set(map(str, values))) != len(values):
+            raise PlanError(f"config key 'models[{i}].series.{var}': {values} repeats a value")
+        name = s.pop("id", None) or ModelConfig.from_dict(s).folder
+        safe_name(name, f"models[{i}].series.id")
+        series[name] = []
+        for v in values:
+            block = {**s, "weights": weights.replace("{" + var + "}", str(v)),
+                     "id": f"{name}-{var}{v}"}
+            blocks.append(block)
+            series[name].append(block["id"])
+    return blocks, series
+
+
+def _dataset_part(config: dict, check_results: bool) -> DatasetPart:
+    """The dataset block checked, with its files, identity, shard count and listing."""
     from .datasets.identity import dataset_identity
 
     warnings: list[str] = []
@@ -461,7 +595,90 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
     identity = dataset_identity(data)
     if check_results:
         _check_dataset_folder(Layout(data["id"], "_"), identity, "id" in config["dataset"])
-    model = ModelConfig.from_dict({**config["model"], "seed": config["seed"]})
+    shards = config["shards"]
+    listing = ""
+    if data["name"] == "tar_shards":
+        from .datasets.sources import tar_shard_list
+
+        n_tars = len(tar_shard_list(data["urls"]))
+        if shards != 1 and shards != n_tars:
+            warnings.append(f"shards: {shards} ignored: a tar_shards dataset has one shard per tar ({n_tars})")
+        shards = n_tars
+    else:
+        if data["name"] == "folder":
+            from .datasets.index import folder_listing
+
+            try:
+                listing, count = folder_listing(data["path"])
+            except OSError as e:
+                raise PlanError(f"config key 'dataset.path': {e}") from None
+            bound = min(bound, count) if bound else count
+        if bound is not None and shards > max(bound, 1):
+            warnings.append(f"shards: {shards} is more than the {bound} images the dataset can "
+                            f"have; using {max(bound, 1)} shard{'s' if bound > 1 else ''}")
+            shards = max(bound, 1)
+    if not listing and dataset_files:  # tars, archives, label files: a copy keeps no ctime
+        listing = hashlib.sha256(json.dumps([_file_identity(f, ctime=True) for f in dataset_files])
+                                 .encode()).hexdigest()
+    return DatasetPart(data, tuple(dataset_files), identity, shards, listing, tuple(warnings))
+
+
+def architecture_key(model: "ModelConfig") -> str:
+    """What decides a model's layer table: its config less its id, weights and seed."""
+    d = {k: v for k, v in model.as_dict().items() if k not in ARCHITECTURE_FREE}
+    return json.dumps(d, sort_keys=True)
+
+
+def build_run(config: dict, describe_model: bool = True, check_device: bool = True,
+              check_results: bool = True) -> Run:
+    """The run of a config already validated against the schema (defaults filled in): one plan
+    per model. `describe_model` builds the model where a layer is given by module path (or the
+    model is the user's own) to check layer names, outputs and unit counts before any job (once
+    per architecture); `check_device` checks that `device: cuda` has a GPU here (off when jobs
+    run elsewhere, e.g. on SLURM); `check_results` refuses a dataset whose results folder (under
+    the working directory) holds another dataset."""
+    blocks, series = model_blocks(config)
+    shared = _dataset_part(config, check_results)
+    if config["device"] == "cuda" and check_device:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PlanError("config key 'device': cuda asked for but torch sees no GPU here; "
+                            "valid: auto, cpu (or cuda on a machine with a GPU)")
+    several = bool(config.get("models"))
+    plans: dict[str, Plan] = {}
+    owners: dict[str, str] = {}
+    by_architecture: dict[str, str] = {}
+    described: dict[str, tuple] = {}
+    for i, block in enumerate(blocks):
+        try:
+            plan = _model_plan(config, block, shared, described, describe_model)
+        except PlanError as e:
+            if not several:
+                raise
+            raise PlanError(f"models[{i}] ({block.get('id') or block.get('name', '')}): {e}") from None
+        mid = plan.layout.model
+        if mid in plans:
+            raise PlanError(f"config key 'models': two models have the id {mid!r}; give each its "
+                            f"own id")
+        if mid in RESERVED_IDS or mid in series and several:
+            raise PlanError(f"config key 'models': {mid!r} cannot be a model id (results/"
+                            f"{plan.layout.dataset}/{mid} is kept for {'a series name' if mid in series else 'the run'}); "
+                            f"ids that are not: anything but {', '.join(RESERVED_IDS)} and series names")
+        plans[mid] = plan
+        owners[mid] = by_architecture.setdefault(architecture_key(plan.model), mid)
+    run = Run(plans=plans, owners=owners, series=series, warnings=shared.warnings)
+    compares = _check_compares(config.get("compare") or {}, run)
+    invariance = _check_invariance(config.get("invariance") or None, run)
+    return dataclasses.replace(run, compares=compares, invariance=invariance)
+
+
+def _model_plan(config: dict, block: dict, shared: DatasetPart, described: dict,
+                describe_model: bool) -> "Plan":
+    """One model's plan: its model checked, its layers resolved (the model built once per
+    architecture where needed), each layer's settings."""
+    data = shared.data
+    model = ModelConfig.from_dict({"seed": config["seed"], **block})
     spec, model_files, architecture_files = _check_model(model)
     layout = Layout(data["id"], safe_name(model.id or spec.name, "model.id"))
     layers = list(config["layers"])
@@ -493,9 +710,12 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
     needs_model = spec.kind != "builtin" or any(m is None for m in modules.values())
     views = {}
     if needs_model and describe_model:
-        modules, channels, spec, views, projection = _describe(
-            spec, model, layers, projection, config["projection"], config.get("layouts", {}),
-            config.get("tokens", "patch"))
+        key = architecture_key(model)
+        if key not in described:
+            described[key] = _describe(
+                spec, model, layers, projection, config["projection"], config.get("layouts", {}),
+                config.get("tokens", "patch"))
+        modules, channels, spec, views, projection = described[key]
         if spec.input_size != (model.input_size or spec.input_size) or (
                 spec.kind == "export" and not model.input_size):
             model = dataclasses.replace(model, input_size=spec.input_size, resize_size=spec.resize_size)
@@ -516,39 +736,6 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
                             f"has {lp.channels} channels (units 0..{lp.channels - 1})")
         plans.append(lp)
 
-    shards = config["shards"]
-    listing = ""
-    if data["name"] == "tar_shards":
-        from .datasets.sources import tar_shard_list
-
-        n_tars = len(tar_shard_list(data["urls"]))
-        if shards != 1 and shards != n_tars:
-            warnings.append(f"shards: {shards} ignored: a tar_shards dataset has one shard per tar ({n_tars})")
-        shards = n_tars
-    else:
-        if data["name"] == "folder":
-            from .datasets.index import folder_listing
-
-            try:
-                listing, count = folder_listing(data["path"])
-            except OSError as e:
-                raise PlanError(f"config key 'dataset.path': {e}") from None
-            bound = min(bound, count) if bound else count
-        if bound is not None and shards > max(bound, 1):
-            warnings.append(f"shards: {shards} is more than the {bound} images the dataset can "
-                            f"have; using {max(bound, 1)} shard{'s' if bound > 1 else ''}")
-            shards = max(bound, 1)
-    if not listing and dataset_files:  # tars, archives, label files: a copy keeps no ctime
-        listing = hashlib.sha256(json.dumps([_file_identity(f, ctime=True) for f in dataset_files])
-                                 .encode()).hexdigest()
-
-    device = config["device"]
-    if device == "cuda" and check_device:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise PlanError("config key 'device': cuda asked for but torch sees no GPU here; "
-                            "valid: auto, cpu (or cuda on a machine with a GPU)")
     occlusion = _check_occlusion(config.get("occlusion") or {}, model.input_size or spec.input_size)
     correspondence, correspondence_files = None, ()
     if config.get("correspondence"):
@@ -556,14 +743,14 @@ def build_plan(config: dict, describe_model: bool = True, check_device: bool = T
     key_source = {"model": model.as_dict(), "files": [_file_identity(f) for f in model_files]}
     model_key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
     return Plan(dataset=data, model=model, spec=spec, layers=tuple(plans), layout=layout,
-                shards=shards, projection=projection, inputs=config["inputs"],
+                shards=shared.shards, projection=projection, inputs=config["inputs"],
                 range_projections=config["range_projections"],
                 verify={False: "none", True: "shown"}.get(config["verify"], config["verify"]),
-                batch_size=config["batch_size"], device=device,
-                precision=config["precision"], warnings=tuple(warnings),
+                batch_size=config["batch_size"], device=config["device"],
+                precision=config["precision"], warnings=shared.warnings,
                 model_files=tuple(model_files), architecture_files=tuple(architecture_files),
-                dataset_files=tuple(dataset_files),
-                dataset_listing=listing, model_key=model_key, dataset_identity=identity,
+                dataset_files=shared.files,
+                dataset_listing=shared.listing, model_key=model_key, dataset_identity=shared.identity,
                 occlusion=occlusion, correspondence=correspondence,
                 correspondence_files=tuple(correspondence_files))
 
@@ -604,6 +791,83 @@ def _check_correspondence(cfg: dict, layers: list[str]) -> tuple[dict, list[str]
     except (OSError, ValueError) as e:
         raise PlanError(f"config key 'correspondence.images': {e}") from None
     return out, [out["images"]] + sorted(set(parts["path"]))
+
+
+def _check_compares(cfg: dict | list, run: Run) -> dict[str, dict]:
+    """The comparisons (`compare:`, one block or a list), each with its models (ids, or a series
+    name), layers, units and seed filled in, by name. Unit identity is the channel index, so a
+    layer whose channel count differs between the models is refused by name."""
+    blocks = [cfg] if isinstance(cfg, dict) else list(cfg)
+    out: dict[str, dict] = {}
+    layers = run.first.layer_names
+    for i, block in enumerate(b for b in blocks if b):
+        key = "compare" if isinstance(cfg, dict) else f"compare[{i}]"
+        models = block.get("models", run.ids)
+        if isinstance(models, str):
+            if models not in run.series:
+                raise PlanError(f"config key '{key}.models': {models!r} is not a series; series: "
+                                f"{', '.join(run.series) or 'none (models: {series: ...} makes one)'}"
+                                f", or give a list of model ids ({', '.join(run.ids)})")
+            name, models = block.get("name", models), run.series[models]
+        else:
+            name = block.get("name", "models")
+            bad = [m for m in models if m not in run.plans]
+            if bad:
+                raise PlanError(f"config key '{key}.models': {', '.join(map(repr, bad))} not a model "
+                                f"of this run; valid: {', '.join(run.ids)}")
+        safe_name(name, f"{key}.name")
+        if name in out:
+            raise PlanError(f"config key '{key}.name': two comparisons are named {name!r}")
+        if len(models) < 2:
+            raise PlanError(f"config key '{key}.models': a comparison needs two models or more, "
+                            f"got {len(models)} ({', '.join(models) or 'none'}); models: {', '.join(run.ids)}")
+        chosen = block.get("layers", layers)
+        unknown = [layer for layer in chosen if layer not in layers]
+        if unknown:
+            raise PlanError(f"config key '{key}.layers': {', '.join(unknown)} not in 'layers'; "
+                            f"configured layers: {', '.join(layers)}")
+        units = block.get("units", 9)
+        for layer in chosen:
+            counts = {m: run.plans[m].layer(layer).channels for m in models}
+            known = {m: c for m, c in counts.items() if c is not None}
+            if len(set(known.values())) > 1:
+                what = ", ".join(f"{c} in {m}" for m, c in known.items())
+                raise PlanError(f"config key '{key}.models': layer {layer} has {what} channels; a unit "
+                                f"is a channel index, meaningful within one training run or a "
+                                f"fine-tune: compare models of one architecture")
+            n = next(iter(known.values()), None)
+            if n is not None and isinstance(units, list) and max(units) >= n:
+                raise PlanError(f"config key '{key}.units': unit {max(units)} asked for but {layer} "
+                                f"has {n} channels (units 0..{n - 1})")
+        out[name] = {"models": list(models), "layers": list(chosen), "units": units,
+                     "seed": block.get("seed", 0)}
+    return out
+
+
+INVARIANCE_DEFAULTS = {
+    "images": "top",
+    "translation": [-60, -45, -30, -15, 0, 15, 30, 45, 60],  # vertical, network-input pixels
+    "scale": [0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8],
+    "rotation": list(range(0, 361, 30)),
+}
+
+
+def _check_invariance(cfg: dict | None, run: Run) -> dict | None:
+    """The invariance block with its defaults (every layer, every model), or None when off."""
+    if cfg is None or cfg.get("enabled") is False:
+        return None
+    layers = run.first.layer_names
+    out = {**INVARIANCE_DEFAULTS, "layers": layers, "models": run.ids,
+           **{k: v for k, v in cfg.items() if k != "enabled"}}
+    for key, valid in (("layers", layers), ("models", run.ids)):
+        bad = [v for v in out[key] if v not in valid]
+        if bad:
+            raise PlanError(f"config key 'invariance.{key}': {', '.join(map(str, bad))} not "
+                            f"configured; valid: {', '.join(valid)}")
+    for key, identity in (("translation", 0), ("scale", 1), ("rotation", 0)):
+        if identity not in out[key]:  # the curves start from the untransformed image
+            out[key] = sorted(out[key] + [identity])
+    return out
 
 
 def _check_dataset_folder(layout: Layout, identity: dict, id_given: bool) -> None:

@@ -241,7 +241,8 @@ def histogram_and_ranges(activation_paths: list[str | os.PathLike] | None,
                          "lo": edges[:, :-1].ravel(), "hi": edges[:, 1:].ravel(),
                          "count": counts.ravel()})
     ranges = samples.result()
-    b = boxes[ranges["y"].to_numpy(), ranges["x"].to_numpy()].reshape(-1, 4)
+    # n_ranges 0: no rows, whose empty columns may not be integers
+    b = boxes[ranges["y"].to_numpy(np.int64), ranges["x"].to_numpy(np.int64)].reshape(-1, 4)
     for i, name in enumerate(("y0", "x0", "y1", "x1")):
         ranges[name] = b[:, i].astype(np.int64)
     ranges.insert(0, "layer", layer)

@@ -59,6 +59,29 @@ def layers(model: dict, names: list[str], table: str, rf: list[str] | None = Non
     write_layer_table(t, boxes, table, dict(zip(names, rf)) if rf else None)
 
 
+def shared_layers(source_table: str, source_rf: list[str], table: str, rf: list[str]) -> None:
+    """A model's layer table and fields, copied from the model that differs from it only in
+    weights (whose `layers` job computed them): the fields do not depend on the weights."""
+    import shutil
+
+    from .atomic import atomic_path
+
+    for src, dst in zip([source_table, *source_rf], [table, *rf], strict=True):
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+
+
+def filters(model: dict, table: str, figure: str) -> None:
+    """The first convolution's filters: filters.parquet (norm, high-frequency share, dead) and
+    filters.png (each filter as an RGB tile)."""
+    from .filters import write_filters
+    from .models import ModelConfig, build_model
+
+    cfg = ModelConfig.from_dict(model)
+    spec = cfg.spec()
+    write_filters(build_model(spec, cfg.weights, cfg.seed), table, figure, cfg.id or spec.name)
+
+
 def activations(manifest: str, model: dict, names: list[str], out: list[str], shard: int,
                 shards: int, inputs: str | None = None, batch_size: int = 32, device: str = "auto",
                 precision: str = "fp32", model_key: str = "", threads: int = 1) -> None:
@@ -163,12 +186,26 @@ def _network(model: dict, layer: str, threads: int):
 
 def projections(top: str, shown: str, manifest: str, model: dict, layer: str, method: str,
                 out: str, figure: str = "top", patch_max_px: int = 128, bottom: str | None = None,
-                ranges: str | None = None, inputs: list[str] | None = None, threads: int = 1) -> None:
-    """Deconvnet / guided-backprop projections of the shown units' examples."""
+                ranges: str | None = None, inputs: list[str] | None = None,
+                compared: list[dict] | None = None, threads: int = 1) -> None:
+    """Deconvnet / guided-backprop projections of the shown units' examples, and of the strongest
+    example of each unit a comparison shows (`compared`: its units and seed, compare.py)."""
+    import pandas as pd
+
     from .projections import write_projections
 
     spec, net, module, view = _network(model, layer, threads)
     entries = _shown_examples(top, bottom, ranges, shown, figure)
+    if compared:
+        from .compare import channel_count, choose_units
+        from .examples import layer_examples
+
+        t = pd.read_parquet(top)
+        units = sorted({u for c in compared for u in choose_units(channel_count(t), c["units"], c["seed"])})
+        extra = layer_examples(t, None, None, units, ("top",), max_rank=1)
+        done = set(zip(entries["kind"], entries["unit"], entries["rank"]))
+        extra = extra[[key not in done for key in zip(extra["kind"], extra["unit"], extra["rank"])]]
+        entries = pd.concat([entries, extra], ignore_index=True)
     with _images(manifest, model, inputs) as images:
         write_projections(entries, images, out, net, module, spec.mean, spec.std, method,
                           patch_max_px, view=view)
@@ -227,6 +264,37 @@ def correspondence(images: str, model: dict, layers: list[str], out: str, draws:
 
     torch.set_num_threads(max(threads, 1))
     correspondence_stage(images, model, list(layers), out, draws, control_seed, fill)
+
+
+def invariance(top: str, shown: str, manifest: str, model: dict, layer: str, table: str,
+               figure: str, settings: dict, threads: int = 1) -> None:
+    """Invariance curves of a layer (invariance/L.parquet and L.png): its shown units' strongest
+    images (or the ids given) translated, scaled and rotated before the preprocessing crop."""
+    from .invariance import invariance_stage
+
+    spec, net, module, view = _network(model, layer, threads)
+    name = model.get("id") or spec.name
+    invariance_stage(top, shown, manifest, net, module, spec, layer, settings, table, figure, view,
+                     f"{name}, layer {layer}: what it is invariant to (Zeiler & Fergus Fig. 5)")
+
+
+def compare(layer: str, name: str, sources: dict, choice: dict, table: str, figure: str,
+            display_px: int = 64) -> None:
+    """One layer of a comparison between models (compare/<name>/L.parquet and L.png):
+    `sources` maps each model, in order, to its topk, patches and projections files; `choice`
+    is the units shown ({"units": N or [ids], "seed": s})."""
+    from .compare import compare_stage
+
+    compare_stage(sources, layer, name, choice["units"], int(choice.get("seed", 0)), table, figure,
+                  display_px)
+
+
+def compare_page(name: str, models: list[str], layers: list[str], tables: list[str],
+                 figures: list[str], index: str, style: str) -> None:
+    """A comparison's page: each layer's figure and, per model, how much its units changed."""
+    from .compare_page import write_compare_page
+
+    write_compare_page(name, models, layers, tables, figures, index, style)
 
 
 def classes(model: dict, names: list[str], out: str) -> None:
@@ -291,7 +359,8 @@ def gallery_layer(table: str, manifest: str, model: dict, layer: str, files: dic
 
 def gallery_index(table: str, manifest: str, rejected: str, model: dict, layers: dict,
                   index: str, style: str, inputs_dir: str, images_dir: str, title: str = "",
-                  inputs: list[str] | None = None, correspondence: str | None = None) -> None:
+                  inputs: list[str] | None = None, correspondence: str | None = None,
+                  links: dict | None = None) -> None:
     """The gallery's index page, style, input images and image pages (`layers` maps each layer to
     its files, gallery.LayerFiles); the outputs lie beside the layers' folders."""
     import os
@@ -308,4 +377,4 @@ def gallery_index(table: str, manifest: str, rejected: str, model: dict, layers:
     files = {name: LayerFiles(**f) for name, f in layers.items()}
     with _images(manifest, model, inputs) as images:
         build_index(table, manifest, files, images, _prep(model), folder, title,
-                    len(pd.read_parquet(rejected)), correspondence or None)
+                    len(pd.read_parquet(rejected)), correspondence or None, links)

@@ -4,7 +4,7 @@ rule activations:
     input:
         unpack(shard_inputs),
         manifest=L.manifest,
-        model_files=PLAN.model_files,
+        model_files=of_model("model_files"),
     output:
         out=[L.activations(layer, "{shard}") for layer in LAYERS],
     log:
@@ -12,14 +12,14 @@ rule activations:
     benchmark:
         L.benchmark("activations", "shard-{shard}")
     params:
-        model=MODEL,
+        model=model_config,
         names=LAYERS,
         shard=shard_index,
         shards=PLAN.shards,
         batch_size=PLAN.batch_size,
         device=PLAN.device,
         precision=PLAN.precision,
-        model_key=PLAN.model_key,
+        model_key=of_model("model_key"),
         code=stage_fingerprint("activations"),
     threads: 2
     resources:

@@ -34,7 +34,7 @@ rule inputs:
     benchmark:
         L.benchmark("inputs", "shard-{shard}")
     params:
-        model=MODEL,
+        model=model_config,
         shard=shard_index,
         shards=PLAN.shards,
         code=stage_fingerprint("inputs"),

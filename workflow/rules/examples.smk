@@ -15,7 +15,7 @@ rule patches:
     benchmark:
         L.benchmark("patches", "{layer}")
     params:
-        model=MODEL,
+        model=model_config,
         layer=layer_name,
         patch_max_px=setting("patch_max_px"),
         code=stage_fingerprint("patches"),
@@ -33,7 +33,7 @@ rule projections:
         bottom=L.bottomk("{layer}"),
         shown=L.shown("{layer}"),
         manifest=L.manifest,
-        model_files=PLAN.model_files,
+        model_files=of_model("model_files"),
         inputs=stored_inputs,
     output:
         out=L.projections("{layer}"),
@@ -42,11 +42,12 @@ rule projections:
     benchmark:
         L.benchmark("projections", "{layer}")
     params:
-        model=MODEL,
+        model=model_config,
         layer=layer_name,
-        method=PLAN.projection,
+        method=projection_method,
         figure=setting("figure"),
         patch_max_px=setting("patch_max_px"),
+        compared=compared_units,
         code=stage_fingerprint("projections"),
     threads: 1  # two such jobs side by side use 2 cores better than one with 2 threads
     priority: 3  # a layer's longest job: started first
@@ -63,7 +64,7 @@ rule verify:
         shown=L.shown("{layer}"),
         rf=L.rf("{layer}"),
         manifest=L.manifest,
-        model_files=PLAN.model_files,
+        model_files=of_model("model_files"),
     output:
         out=L.verify("{layer}"),
     log:
@@ -71,7 +72,7 @@ rule verify:
     benchmark:
         L.benchmark("verify", "{layer}")
     params:
-        model=MODEL,
+        model=model_config,
         layer=layer_name,
         figure=setting("figure"),
         precision=PLAN.precision,

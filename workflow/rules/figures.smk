@@ -25,7 +25,7 @@ rule grids:
         panels=layer_panels,
         figure=setting("figure"),
         facts=figure_facts,
-        model=MODEL,
+        model=model_config,
         code=stage_fingerprint("grids"),
     conda:
         "../../envs/unitscope.yaml"
@@ -46,10 +46,10 @@ rule gallery_layer:
     benchmark:
         L.benchmark("gallery_layer", "{layer}")
     params:
-        model=MODEL,
+        model=model_config,
         layer=layer_name,
         files=layer_gallery_files,
-        method=PLAN.projection,
+        method=projection_method,
         k=setting("k"),
         code=stage_fingerprint("gallery_layer"),
     conda:
@@ -76,9 +76,10 @@ rule gallery_index:
     benchmark:
         L.benchmark("gallery_index")
     params:
-        model=MODEL,
-        layers=index_files(),
-        title=f"{L.model} on {L.dataset}",
+        model=model_config,
+        layers=index_files,
+        title=gallery_title,
+        links=gallery_links,
         code=stage_fingerprint("gallery_index"),
     conda:
         "../../envs/unitscope.yaml"

@@ -8,7 +8,7 @@ rule occlusion:
         rf=L.rf("{layer}"),
         table=L.layers_table,
         manifest=L.manifest,
-        model_files=PLAN.model_files,
+        model_files=of_model("model_files"),
         inputs=stored_inputs,
     output:
         out=L.occlusion("{layer}"),
@@ -17,10 +17,10 @@ rule occlusion:
     benchmark:
         L.benchmark("occlusion", "{layer}")
     params:
-        model=MODEL,
+        model=model_config,
         layer=layer_name,
         settings=PLAN.occlusion,
-        model_key=PLAN.model_key,
+        model_key=of_model("model_key"),
         code=stage_fingerprint("occlusion"),
     threads: 1  # beside the layer's projections and verification, one core each
     priority: 1
@@ -34,7 +34,7 @@ rule correspondence:
     input:
         images=PLAN.correspondence["images"] if PLAN.correspondence else [],
         part_images=PLAN.correspondence_files[1:],
-        model_files=PLAN.model_files,
+        model_files=of_model("model_files"),
     output:
         out=L.correspondence,
     log:
@@ -42,7 +42,7 @@ rule correspondence:
     benchmark:
         L.benchmark("correspondence")
     params:
-        model=MODEL,
+        model=model_config,
         layers=(PLAN.correspondence or {}).get("layers", []),
         draws=(PLAN.correspondence or {}).get("draws", 10),
         control_seed=(PLAN.correspondence or {}).get("seed", 0),

@@ -16,7 +16,7 @@ rule topk_part:
         total=PLAN.shards,
         k=setting("k"),
         distinct=setting("distinct"),
-        model_key=PLAN.model_key,
+        model_key=of_model("model_key"),
         code=stage_fingerprint("topk_part"),
     conda:
         "../../envs/unitscope.yaml"
@@ -43,7 +43,7 @@ rule topk:
         k=setting("k"),
         distinct=setting("distinct"),
         total=PLAN.shards,
-        model_key=PLAN.model_key,
+        model_key=of_model("model_key"),
         code=stage_fingerprint("topk"),
     conda:
         "../../envs/unitscope.yaml"
@@ -85,7 +85,7 @@ rule ranges_part:
         total=PLAN.shards,
         n_ranges=setting("n_ranges"),
         per_range=setting("per_range"),
-        model_key=PLAN.model_key,
+        model_key=of_model("model_key"),
         code=stage_fingerprint("ranges_part"),
     conda:
         "../../envs/unitscope.yaml"
@@ -113,7 +113,7 @@ rule ranges:
         n_ranges=setting("n_ranges"),
         per_range=setting("per_range"),
         total=PLAN.shards,
-        model_key=PLAN.model_key,
+        model_key=of_model("model_key"),
         code=stage_fingerprint("ranges"),
     priority: 2  # the layer's patches wait for it
     conda:

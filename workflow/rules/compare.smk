@@ -1,0 +1,76 @@
+# How units change: one layer across the models of a comparison (Fig. 4; beside the models, under
+# results/D/compare/<name>/), the comparison's page, and, opt-in, each model's invariance curves
+# (Fig. 5).
+rule compare:
+    input:
+        compare_inputs,
+    output:
+        table=L.compare_table("{compare}", "{layer}"),
+        figure=report(
+            L.compare_figure("{compare}", "{layer}"),
+            caption="../report/compare.rst",
+            category="Comparisons",
+            labels={"comparison": "{compare}", "layer": "{layer}"},
+        ),
+    log:
+        L.compare_log("{compare}", "{layer}"),
+    params:
+        layer=layer_name,
+        name=lambda wildcards: wildcards.compare,
+        sources=compare_sources,
+        choice=compare_choice,
+        display_px=setting("display_px"),
+        code=stage_fingerprint("compare"),
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"
+
+
+rule compare_page:
+    input:
+        unpack(compare_page_inputs),
+    output:
+        index=L.compare_page("{compare}"),
+        style=str(Path(L.compare_page("{compare}")).with_name("style.css")),
+    log:
+        L.compare_log("{compare}"),
+    params:
+        name=lambda wildcards: wildcards.compare,
+        models=compare_setting("models"),
+        layers=compare_setting("layers"),
+        code=stage_fingerprint("compare_page"),
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"
+
+
+rule invariance:
+    input:
+        top=L.topk("{layer}"),
+        shown=L.shown("{layer}"),
+        manifest=L.manifest,
+        model_files=of_model("model_files"),
+    output:
+        table=L.invariance("{layer}"),
+        figure=report(
+            L.invariance_figure("{layer}"),
+            caption="../report/invariance.rst",
+            category="Invariance",
+            labels={"model": "{model}", "layer": "{layer}"},
+        ),
+    log:
+        L.log("invariance", "{layer}"),
+    benchmark:
+        L.benchmark("invariance", "{layer}")
+    params:
+        model=model_config,
+        layer=layer_name,
+        settings={k: v for k, v in (RUN.invariance or {}).items() if k not in ("layers", "models")},
+        code=stage_fingerprint("invariance"),
+    threads: 1
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"
