@@ -8,8 +8,8 @@ One module per section, sharing `harness.py`:
     python bench/run.py --table [bench/results/latest.json]   # reprint an earlier run's table
 
 Sections: scale (scale.py), inference (inference.py), topk (tables.py), planning and listing
-(planning.py), default (default_run.py), iterate (iterate.py), occlusion (occlusion.py); each module's docstring says what
-it measures and against what."""
+(planning.py), default (default_run.py), iterate (iterate.py), occlusion (occlusion.py), series
+(series.py); each module's docstring says what it measures and against what."""
 from __future__ import annotations
 
 import argparse
@@ -29,12 +29,13 @@ import iterate  # noqa: E402
 import occlusion  # noqa: E402
 import planning  # noqa: E402
 import scale  # noqa: E402
+import series  # noqa: E402
 import tables  # noqa: E402
 from harness import DEFAULT_OUT  # noqa: E402
 
 ROWS = {"scale": scale.rows, "inference": inference.rows, "topk": tables.rows,
         "planning": planning.rows, "listing": planning.listing_rows, "default": default_run.rows,
-        "iterate": iterate.rows, "occlusion": occlusion.rows}
+        "iterate": iterate.rows, "occlusion": occlusion.rows, "series": series.rows}
 
 
 def sections(quick: bool) -> dict:
@@ -46,7 +47,8 @@ def sections(quick: bool) -> dict:
             "scale": lambda tmp: scale.bench_scale(tmp, 200 if q else 5000, 800 if q else 20000),
             "default": lambda tmp: default_run.bench_default(tmp, 40 if q else None),
             "iterate": lambda tmp: iterate.bench_iterate(tmp, 40 if q else None),
-            "occlusion": lambda tmp: occlusion.bench_occlusion(tmp, 40 if q else None)}
+            "occlusion": lambda tmp: occlusion.bench_occlusion(tmp, 40 if q else None),
+            "series": lambda tmp: series.bench_series(tmp, 40 if q else None)}
 
 
 def table(res: dict) -> str:
@@ -57,6 +59,8 @@ def table(res: dict) -> str:
         lines += ["", default_run.stage_line(res["default"])]
     if "iterate" in res:
         lines += [""] + iterate.stage_lines(res["iterate"])
+    if "series" in res:
+        lines += [""] + series.stage_lines(res["series"])
     return "\n".join(lines)
 
 

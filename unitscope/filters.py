@@ -39,7 +39,7 @@ def high_frequency_share(kernel: np.ndarray) -> float:
 def filter_stats(weights: np.ndarray) -> pd.DataFrame:
     """Per filter of an N×C×kh×kw weight array: filter, norm, high_freq, dead."""
     w = np.asarray(weights, np.float64)
-    norms = np.sqrt((w.reshape(len(w), -1) ** 2).sum(axis=1))
+    norms = np.sqrt((w.reshape(len(w), int(np.prod(w.shape[1:]))) ** 2).sum(axis=1))
     median = float(np.median(norms)) if len(norms) else 0.0
     return pd.DataFrame({"filter": np.arange(len(w)), "norm": norms,
                          "high_freq": [high_frequency_share(k) for k in w],

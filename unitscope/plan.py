@@ -194,6 +194,9 @@ class Layout:
     def compare_log(self, name: str, layer: str | None = None) -> str:
         return f"{self.data}/logs/compare/{name}" + (f"-{layer}.log" if layer else ".log")
 
+    def compare_benchmark(self, name: str, layer: str) -> str:
+        return f"{self.data}/benchmarks/compare/{name}-{layer}.tsv"
+
     def unit_grids(self, layer: str) -> str:
         return f"{self.res}/grids/{layer}"
 

@@ -14,6 +14,8 @@ rule compare:
         ),
     log:
         L.compare_log("{compare}", "{layer}"),
+    benchmark:
+        L.compare_benchmark("{compare}", "{layer}")
     params:
         layer=layer_name,
         name=lambda wildcards: wildcards.compare,
