@@ -22,7 +22,9 @@ N, TARGET = 3, 1.0
 
 
 def checkpoints(folder: Path, n: int) -> str:
-    """n state_dicts: the shipped ImageNet weights plus 0.1% seeded noise, as epoch1..n.pth."""
+    """n state_dicts: the shipped ImageNet weights, their convolution and linear weights plus 0.1%
+    seeded noise (batch-norm statistics untouched: a variance must stay positive), as
+    epoch1..n.pth."""
     import torch
 
     from unitscope.models import MODELS, weights_file
@@ -32,7 +34,7 @@ def checkpoints(folder: Path, n: int) -> str:
     for e in range(1, n + 1):
         g = torch.Generator().manual_seed(e)
         torch.save({k: v + 1e-3 * v.std().nan_to_num() * torch.randn(v.shape, generator=g)
-                    if v.is_floating_point() and v.numel() > 1 else v for k, v in state.items()},
+                    if v.is_floating_point() and v.dim() >= 2 else v for k, v in state.items()},
                    folder / f"epoch{e}.pth")
     return str(folder / "epoch{epoch}.pth")
 

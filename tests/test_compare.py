@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from conftest import plan_of, planned_jobs, snakemake
-from unitscope.compare import choose_units, compare_table
+from unitscope.compare import compare_table
+from unitscope.compare_units import choose_units
 from unitscope.plan import PlanError, build_run
 
 TINY = textwrap.dedent('''
@@ -112,6 +113,21 @@ def test_a_series_expands_to_one_model_per_checkpoint_sharing_one_layer_table(tm
     assert "results/sample/compare/efficientnet_lite0/block3.parquet" in targets
     assert "results/sample/compare/efficientnet_lite0/index.html" in targets
     assert "results/sample/efficientnet_lite0-epoch2/grids/stem.png" in targets
+
+
+def test_the_shipped_example_compares_random_and_imagenet_weights_sharing_one_table():
+    import yaml
+
+    from conftest import REPO
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config.update(yaml.safe_load((REPO / "config/examples/lite0-training.yaml").read_text()))
+    run = build_run(_validated(config), check_results=False)
+    assert run.ids == ["lite0-random", "lite0-imagenet"]
+    assert [p.model.weights for p in run.plans.values()] == ["none", "imagenet"]
+    assert run.owners == {"lite0-random": "lite0-random", "lite0-imagenet": "lite0-random"}
+    assert run.compares == {"training": {"models": ["lite0-random", "lite0-imagenet"],
+                                         "layers": config["layers"], "units": 6, "seed": 0}}
 
 
 def _validated(config):

@@ -21,31 +21,13 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
+from .compare_units import channel_count, choose_units
 
 log = logging.getLogger("unitscope")
 
 COLUMNS = ["model", "step", "unit", "rank", "image_id", "activation", "y", "x", "y0", "x0", "y1",
            "x1", "jaccard", "top1_changed"]
 CHANGED = (220, 30, 30)
-
-
-def choose_units(channels: int, setting: int | list[int], seed: int = 0) -> list[int]:
-    """The units a comparison shows: a list as given, or N channels chosen at random with `seed`
-    (the paper showed "a randomly chosen subset"), sorted. Data-independent, so that adding a
-    model never changes which units the others project."""
-    if isinstance(setting, (list, tuple)):
-        bad = [u for u in setting if not 0 <= int(u) < channels]
-        if bad:
-            raise ValueError(f"compare.units: {bad} not a unit of a layer with {channels} channels "
-                             f"(units 0..{channels - 1})")
-        return [int(u) for u in setting]
-    n = min(int(setting), channels)
-    return sorted(int(u) for u in np.random.default_rng(seed).choice(channels, size=n, replace=False))
-
-
-def channel_count(top: pd.DataFrame) -> int:
-    """A layer's channel count as its top-k table holds it (every unit has rows)."""
-    return int(top["unit"].max()) + 1 if len(top) else 0
 
 
 def compare_table(tops: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -107,6 +89,15 @@ def _cell(sources: dict, unit: int, display_px: int):
     return tiles
 
 
+def _input_size(sources: dict[str, dict]) -> int | None:
+    from .patches import file_attrs
+
+    for files in sources.values():
+        if files.get("patches"):
+            return int(file_attrs(files["patches"], "patches")["input_size"])
+    return None
+
+
 def draw_compare_figure(table: pd.DataFrame, sources: dict[str, dict], units: list[int],
                         out_path: str | os.PathLike, name: str, layer: str,
                         display_px: int = 64, how_chosen: str = "") -> None:
@@ -126,14 +117,22 @@ def draw_compare_figure(table: pd.DataFrame, sources: dict[str, dict], units: li
     top1 = table[table["rank"] == 0].set_index(["model", "unit"])
     k = int(table["rank"].max()) + 1 if len(table) else 0
     field = table.iloc[0] if len(table) else None
-    rf = f"{int(field.y1 - field.y0)}x{int(field.x1 - field.x0)} px" if field is not None else "?"
+    fh, fw = (int(field.y1 - field.y0), int(field.x1 - field.x0)) if field is not None else (0, 0)
+    rf = f"{fh}x{fw} px"
+    size = _input_size(sources)
+    if size and 2 * min(fh, fw) >= size:  # as the layer figures: what the unit sees, full size
+        seen = ("the receptive field (" + rf + (f") covers the whole {size}-px input: each tile is "
+                "what the unit sees (the whole image" if min(fh, fw) > size else
+                f") spans half the {size}-px input or more: each tile is what the unit sees (the "
+                f"part of its field inside the image") + "), + at its peak position")
+    else:
+        seen = f"the patch of its receptive field, {rf}, shown at {display_px} px"
     header = [f"{name}: layer {layer} across {len(models)} models (Zeiler & Fergus Fig. 4)",
               f"a unit is one feature map, identified by its channel index: the same unit in two "
               f"models is meaningful within one training run or a fine-tune",
-              f"each cell: the unit's strongest image in that model (its top-1 of k={k}), "
-              + ("projection back to pixels (left) and the patch of its receptive field, "
-                 if projected else "the patch of its receptive field, ")
-              + f"{rf}, shown at {display_px} px",
+              f"each cell: the unit's strongest image in that model (its top-1 of k={k})"
+              + (": its projection back to pixels (left) and, right," if projected else ":"),
+              seen,
               f"under it: the unit's maximum in that model, and J = overlap of its top-{k} images "
               f"with the previous model's (Jaccard); red frame: its strongest image changed",
               f"units: {how_chosen}" if how_chosen else f"units: {', '.join(map(str, units))}"]

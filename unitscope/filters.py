@@ -76,7 +76,7 @@ def draw_filters(weights: np.ndarray, stats: pd.DataFrame, out_path: str | os.Pa
     from .grids import BACKGROUND, _header_height, _text_width, draw_header
 
     n, c, kh, kw = weights.shape
-    scale = max(1, TILE_PX // max(kh, kw))
+    scale = max(1, (TILE_PX if n > 64 else 3 * TILE_PX // 2) // max(kh, kw))
     tw, th = kw * scale, kh * scale
     cols = min(n, 16 if n > 48 else 8) or 1
     rows = math.ceil(n / cols)
@@ -87,14 +87,14 @@ def draw_filters(weights: np.ndarray, stats: pd.DataFrame, out_path: str | os.Pa
               + ("as RGB" if c == 3 else "(mean over its inputs, grey)")
               + f", enlarged {scale}x, normalised to its own range (darkest = its lowest weight, "
               f"brightest = its highest)",
-              f"dead (norm < {DEAD_SHARE:.0%} of the median): {dead}, crossed out in red; "
+              f"dead (norm < {DEAD_SHARE:.0%} of the median): {dead}, crossed out in red",
               f"high-frequency (> {ALIASED:.0%} of its energy above half the Nyquist frequency, "
               f"the aliasing the paper saw): {aliased}, framed in orange"
               + (f" (a {kh}x{kw} kernel's own DFT has frequencies 0 and "
                  f"{', '.join(f'{f:.2f}' for f in sorted(set(np.abs(np.fft.fftfreq(min(kh, kw))))) if f)} "
                  f"cycles/px only)" if min(kh, kw) <= 5 else ""),
               "norm and high-frequency share per filter: filters.parquet"]
-    gap = 6
+    gap = 8
     top = _header_height(header) + 6
     width = max(cols * (tw + gap) + gap + 20, _text_width(header) + 28)
     fig = Image.new("RGB", (width, top + rows * (th + gap) + gap + 10), BACKGROUND)

@@ -478,7 +478,8 @@ def _file_identity(path: str, ctime: bool = False) -> list:
     return [os.path.abspath(path), st.st_size, st.st_mtime_ns] + ([st.st_ctime_ns] if ctime else [])
 
 
-RESERVED_IDS = ("compare", "logs", "benchmarks")  # folders of results/D/ that are not a model's
+# what results/D/ holds beside the models' folders
+RESERVED_IDS = ("compare", "logs", "benchmarks", "manifest.parquet", "rejected.parquet", "dataset.json")
 ARCHITECTURE_FREE = ("id", "weights", "seed")  # what models sharing one layer table may differ in
 
 
@@ -664,10 +665,10 @@ def build_run(config: dict, describe_model: bool = True, check_device: bool = Tr
         if mid in plans:
             raise PlanError(f"config key 'models': two models have the id {mid!r}; give each its "
                             f"own id")
-        if mid in RESERVED_IDS or mid in series and several:
-            raise PlanError(f"config key 'models': {mid!r} cannot be a model id (results/"
-                            f"{plan.layout.dataset}/{mid} is kept for {'a series name' if mid in series else 'the run'}); "
-                            f"ids that are not: anything but {', '.join(RESERVED_IDS)} and series names")
+        if mid in RESERVED_IDS:
+            raise PlanError(f"config key 'model.id': {mid!r} cannot be a model id (results/"
+                            f"{plan.layout.dataset}/{mid} is the dataset's or the comparisons'); "
+                            f"valid: any name but {', '.join(RESERVED_IDS)}")
         plans[mid] = plan
         owners[mid] = by_architecture.setdefault(architecture_key(plan.model), mid)
     run = Run(plans=plans, owners=owners, series=series, warnings=shared.warnings)

@@ -197,7 +197,7 @@ def projections(top: str, shown: str, manifest: str, model: dict, layer: str, me
     spec, net, module, view = _network(model, layer, threads)
     entries = _shown_examples(top, bottom, ranges, shown, figure)
     if compared:
-        from .compare import channel_count, choose_units
+        from .compare_units import channel_count, choose_units
         from .examples import layer_examples
 
         t = pd.read_parquet(top)
