@@ -12,7 +12,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)  # the package beside the Snakefile, even when not installed
 
 from unitscope.fingerprint import stage_fingerprint
-from unitscope.plan import Layout, PlanError, build_run
+from unitscope.plan import ARCHITECTURE_FREE, Layout, PlanError, build_run
 from unitscope.summary import run_summary
 
 
@@ -66,7 +66,7 @@ def model_config(wildcards):
 def architecture(wildcards):
     """What the layer table depends on: the model block less its id, weights and seed (models
     that differ only in those share one table)."""
-    return {k: v for k, v in model_config(wildcards).items() if k not in ("id", "weights", "seed")}
+    return {k: v for k, v in model_config(wildcards).items() if k not in ARCHITECTURE_FREE}
 
 
 def layout_of(model: str) -> Layout:
