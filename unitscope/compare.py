@@ -65,37 +65,33 @@ def _strongest(index: pd.DataFrame, unit: int):
     return rows.index[0] if len(rows) else None
 
 
-def _cell(sources: dict, unit: int, display_px: int):
-    """(projection tile or None, patch tile) of a unit's strongest example in one model."""
+def _opened(sources: dict[str, dict]) -> dict[str, dict]:
+    """Per model and kind (projections, patches): (path, entry index, attributes), each file's
+    index read once for every unit of the figure; None where the model has no such file."""
+    from .patches import file_attrs, read_index
+
+    return {model: {kind: (files[kind], read_index(files[kind], kind), file_attrs(files[kind], kind))
+                    if files.get(kind) else None for kind in ("projections", "patches")}
+            for model, files in sources.items()}
+
+
+def _cell(opened: dict, unit: int, display_px: int):
+    """(projection tile or None, patch tile or None) of a unit's strongest example in one model."""
     from .grids import make_tile
-    from .patches import file_attrs, read_index, read_patch
+    from .patches import read_patch
 
     tiles = []
     for kind in ("projections", "patches"):
-        path = sources.get(kind)
-        if not path:
-            tiles.append(None)
-            continue
-        index = read_index(path, kind)
-        i = _strongest(index, unit)
+        i = _strongest(opened[kind][1], unit) if opened[kind] else None
         if i is None:
             tiles.append(None)
             continue
-        attrs = file_attrs(path, kind)
+        path, index, attrs = opened[kind]
         entry = index.loc[i]
         seen = 2 * min(entry.y1 - entry.y0, entry.x1 - entry.x0) >= int(attrs["input_size"])
         tiles.append(make_tile(read_patch(path, i, kind), entry, float(attrs["shrink"]),
                                int(attrs["input_size"]), display_px, seen=seen))
     return tiles
-
-
-def _input_size(sources: dict[str, dict]) -> int | None:
-    from .patches import file_attrs
-
-    for files in sources.values():
-        if files.get("patches"):
-            return int(file_attrs(files["patches"], "patches")["input_size"])
-    return None
 
 
 def draw_compare_figure(table: pd.DataFrame, sources: dict[str, dict], units: list[int],
@@ -110,7 +106,8 @@ def draw_compare_figure(table: pd.DataFrame, sources: dict[str, dict], units: li
     from .grids import BACKGROUND, EMPTY_TILE, MUTED, TEXT, _font, _text_width, draw_header, _header_height
 
     models = list(sources)
-    projected = any(s.get("projections") for s in sources.values())
+    opened = _opened(sources)
+    projected = any(o["projections"] for o in opened.values())
     gap, label_w = 4, 74
     cell_w = display_px * (2 if projected else 1) + (gap if projected else 0)
     col_w, row_h = cell_w + 16, display_px + 40
@@ -119,7 +116,7 @@ def draw_compare_figure(table: pd.DataFrame, sources: dict[str, dict], units: li
     field = table.iloc[0] if len(table) else None
     fh, fw = (int(field.y1 - field.y0), int(field.x1 - field.x0)) if field is not None else (0, 0)
     rf = f"{fh}x{fw} px"
-    size = _input_size(sources)
+    size = next((int(o["patches"][2]["input_size"]) for o in opened.values() if o["patches"]), None)
     if size and 2 * min(fh, fw) >= size:  # as the layer figures: what the unit sees, full size
         seen = ("the receptive field (" + rf + (f") covers the whole {size}-px input: each tile is "
                 "what the unit sees (the whole image" if min(fh, fw) > size else
@@ -150,7 +147,7 @@ def draw_compare_figure(table: pd.DataFrame, sources: dict[str, dict], units: li
         d.text((8, y + display_px // 2 - 6), f"unit {unit}", fill=TEXT, font=_font(12))
         for c, model in enumerate(models):
             x = label_w + c * col_w
-            proj, patch = _cell(sources[model], unit, display_px)
+            proj, patch = _cell(opened[model], unit, display_px)
             tiles = ([proj] if projected else []) + [patch]
             for i, tile in enumerate(tiles):
                 tx = x + i * (display_px + gap)
