@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 CORES ?= all
 
-.PHONY: run test test-slow setup clean report browser test-slurm
+.PHONY: run test test-slow setup clean report browser test-slurm test-cloud cloud-plugins
 
 setup: $(VENV)/.installed
 
@@ -30,16 +30,35 @@ browser:
 	  echo "chromium not installed: the gallery browser test will be skipped"; }
 
 test: setup browser
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow and not cloud" tests
 
 # The few tests of tens of seconds each (a VGG16 exported and read back, the hostile-file dry
 # runs, the big models against the gradient oracle): CI runs them after make test.
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow tests
+	$(BIN)/python -m pytest -q -m "slow and not cloud" tests
 
 # A one-node SLURM on 127.0.0.1 runs the tiny pipeline through profiles/slurm (root, ~3 minutes).
 test-slurm: setup
 	bash tests/cluster/run.sh
+
+# The cloud extras (requirements-cloud.txt: the S3 and GCS storage plugins, the Kubernetes and Google
+# Batch executors, SeaweedFS's S3 server) go beside the main environment, not into it: importing
+# the executors at every snakemake start would slow every other run down.
+CLOUD := $(abspath .cloud-plugins)
+
+cloud-plugins: $(CLOUD)/.installed
+
+$(CLOUD)/.installed: requirements-cloud.txt | setup
+	rm -rf $(CLOUD)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(CLOUD) -r requirements-cloud.txt
+	touch $@
+
+# A real S3 server (SeaweedFS) on 127.0.0.1: the pipeline through snakemake-storage-plugin-s3
+# against a local run, a rerun, an override, a kill and resume, a folder dataset in the bucket;
+# the Kubernetes and Google Batch profiles by dry runs (about 6 minutes).
+test-cloud: setup cloud-plugins
+	PYTHONPATH=$(CLOUD) PATH=$(CLOUD)/bin:$(PATH) UNITSCOPE_REQUIRE_CLOUD=1 \
+	  $(BIN)/python -m pytest -q -m cloud tests/cloud
 
 clean:
 	rm -rf results .snakemake

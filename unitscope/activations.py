@@ -19,7 +19,7 @@ from .atomic import atomic_path, check_free_space
 from .hooks import FirstCalls
 from .inputs import Preprocessing, decoded_batches, shard_rows
 from .progress import Progress
-from .provenance import Digest, file_sha256, open_checked, stamp
+from .provenance import Digest, manifest_sha256, open_checked, stamp
 
 log = logging.getLogger("unitscope")
 
@@ -91,7 +91,7 @@ def run_inference(manifest_path: str | os.PathLike, model_cfg: dict, layers: lis
                     "dimension); running batches of that size", batch_limit(model, batch_size))
         batch_size = batch_limit(model, batch_size)
     prep = Preprocessing.of(spec)
-    manifest_sha = file_sha256(manifest_path)
+    manifest_sha = manifest_sha256(manifest_path)
     rows = shard_rows(pd.read_parquet(manifest_path), shard, shards)
     if inputs_path:
         source_digest = Digest()

@@ -156,7 +156,7 @@ def _check_manifest(L) -> None:
 
     import h5py
 
-    from .provenance import attr, file_sha256
+    from .provenance import attr, manifest_sha256
 
     if not os.path.isfile(L.manifest):
         raise ValueError(f"{L.manifest} does not exist: the dataset of {L.res} is gone")
@@ -165,7 +165,7 @@ def _check_manifest(L) -> None:
         return
     with h5py.File(shards[0], "r") as f:
         made_from = attr(f, "manifest_sha256")
-    if made_from and made_from != file_sha256(L.manifest):
+    if made_from and made_from != manifest_sha256(L.manifest):
         raise ValueError(f"{L.res} was computed from another manifest than {L.manifest} (another "
                          f"dataset under the same dataset.id, or the dataset indexed again since); "
                          f"rerun snakemake with this results folder's config")

@@ -25,7 +25,7 @@ import pandas as pd
 from .atomic import atomic_path, check_free_space
 from .geometry import resized_crop
 from .progress import Progress
-from .provenance import Digest, StaleFileError, file_sha256, open_checked, stamp
+from .provenance import Digest, StaleFileError, manifest_sha256, open_checked, stamp
 
 log = logging.getLogger("unitscope")
 
@@ -229,7 +229,7 @@ def write_inputs(manifest_path: str | os.PathLike, out_path: str | os.PathLike, 
             i += len(batch)
             progress.update(len(batch))
         stamp(f, "inputs", shard=shard, shards=shards, first_id=int(ids[0]) if len(ids) else -1,
-              n_images=len(ids), manifest_sha256=file_sha256(manifest_path),
+              n_images=len(ids), manifest_sha256=manifest_sha256(manifest_path),
               resize_size=prep.resize_size, input_size=n, resample=prep.resample,
               decode=prep.decode, content_sha=digest.hexdigest())
     log.info("inputs shard %d: %d images", shard, len(rows))
@@ -294,7 +294,7 @@ class StoredImages(ImageSource):
         self.where: dict[int, tuple[str, int]] = {}
         self._files: dict[str, h5py.File] = {}
         self.input_size = prep.input_size
-        want = {"manifest_sha256": file_sha256(manifest_path), "input_size": prep.input_size,
+        want = {"manifest_sha256": manifest_sha256(manifest_path), "input_size": prep.input_size,
                 "resize_size": prep.resize_size, "resample": prep.resample, "decode": prep.decode,
                 "shards": len(input_paths)}
         for i, p in enumerate(input_paths):
@@ -328,3 +328,31 @@ def image_source(manifest_path: str | os.PathLike, prep: Preprocessing,
     if input_paths:
         return StoredImages(input_paths, manifest_path, prep)
     return DecodedImages(manifest_path, prep)
+
+
+def storage_paths(paths: "pd.Series", local_folder: str, url: str) -> "pd.Series":
+    """Image paths under a job's copy of a dataset in object storage as the objects' URLs
+    (`local_folder`/a.jpg -> `url`/a.jpg): what the manifest records, the same in every job."""
+    local, url = str(local_folder).rstrip("/"), url.rstrip("/")
+    return paths.map(lambda p: url + p[len(local):] if p == local or p.startswith(local + "/") else p)
+
+
+def localized_manifest(manifest_path: str | os.PathLike, url: str, local_folder: str,
+                       out: str | os.PathLike) -> str:
+    """A job's copy of a manifest whose images lie in object storage under `url`, each path
+    pointing into the job's own copy of that folder (`local_folder`, wherever the storage plugin
+    put it); the copy carries the original's sha256, so the stages' checks see one manifest."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .provenance import LOCALIZED_KEY
+
+    table = pq.read_table(manifest_path)
+    url, local = url.rstrip("/"), str(local_folder).rstrip("/")
+    paths = table.column("path").to_pylist()
+    table = table.set_column(table.schema.get_field_index("path"), table.schema.field("path"),
+                             pa.array([local + p[len(url):] if p.startswith(url + "/") else p
+                                       for p in paths], type=table.schema.field("path").type))
+    meta = {**(table.schema.metadata or {}), LOCALIZED_KEY: manifest_sha256(manifest_path).encode()}
+    pq.write_table(table.replace_schema_metadata(meta), out)
+    return str(out)

@@ -35,7 +35,7 @@ from .hooks import FirstCalls
 from .occlusion_file import (Settings, Squares, fill_colour, read_occlusion,  # noqa: F401
                              square_size, stride_for, write_occlusion)
 from .progress import Progress
-from .provenance import file_sha256
+from .provenance import manifest_sha256
 
 log = logging.getLogger("unitscope")
 
@@ -422,7 +422,7 @@ def occlusion_stage(top: str, shown: str, rf: str, table: str, manifest: str, im
     started = time.perf_counter()
     result = occlude_examples(t, images, runner, pd.read_parquet(rf), row, settings, layer)
     wall = time.perf_counter() - started
-    write_occlusion(result, out, settings, fill, fill_mean, layer, module, file_sha256(manifest),
+    write_occlusion(result, out, settings, fill, fill_mean, layer, module, manifest_sha256(manifest),
                     model_key, runner.copies)
     log.info("occlusion %s: %d examples of %d images, %d occluded copies (%s), %.1f s, of which "
              "%.1f s in forward passes", layer, len(t), t["image_id"].nunique(), runner.copies,

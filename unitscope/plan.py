@@ -278,6 +278,7 @@ class Plan:
     architecture_files: tuple[str, ...] = ()
     dataset_files: tuple[str, ...] = ()
     dataset_listing: str = ""
+    dataset_folder: str = ""  # a folder dataset in object storage (s3://, gs://): the rules' storage input
     model_key: str = ""
     dataset_identity: dict = dataclasses.field(default_factory=dict)
     occlusion: dict = dataclasses.field(default_factory=dict)  # occlusion.Settings as a dict
@@ -339,6 +340,23 @@ def _setting(config: dict, layer: str, key: str):
     return config.get("overrides", {}).get(layer, {}).get(key, config[key])
 
 
+STORAGE_SCHEMES = ("s3", "gs")
+
+
+def remote_folder(path: str) -> bool:
+    """Whether a folder dataset's path lies in object storage (s3://bucket/prefix, gs://...):
+    then no job lists it here; the rules declare it a storage input. Other schemes are refused."""
+    m = re.match(r"^(\w+)://", path)
+    if not m:
+        return False
+    if m.group(1) not in STORAGE_SCHEMES:
+        raise PlanError(f"config key 'dataset.path': {path!r} has an unsupported scheme; valid: "
+                        f"a local folder, {', '.join(s + '://bucket/prefix' for s in STORAGE_SCHEMES)}")
+    if not re.match(r"^\w+://[^/]+/?", path):
+        raise PlanError(f"config key 'dataset.path': {path!r} names no bucket")
+    return True
+
+
 def _check_dataset(cfg: dict) -> tuple[list[str], int | None, str | None]:
     """Checks of the dataset block the schema cannot make; returns the local files the dataset
     reads (rule inputs), an upper bound of its image count where known, and a note."""
@@ -350,7 +368,9 @@ def _check_dataset(cfg: dict) -> tuple[list[str], int | None, str | None]:
         raise PlanError(f"config key 'dataset.{needs}' is required when dataset.name is {name}")
     files: list[str] = []
     bound = None
-    if name == "folder":
+    if name == "folder" and remote_folder(cfg["path"]):
+        pass  # listed by the dataset job, which gets the folder from the storage plugin
+    elif name == "folder":
         path = cfg["path"]
         if not os.path.exists(path):
             raise PlanError(f"config key 'dataset.path': folder {path!r} does not exist")
@@ -609,7 +629,7 @@ def _dataset_part(config: dict, check_results: bool) -> DatasetPart:
             warnings.append(f"shards: {shards} ignored: a tar_shards dataset has one shard per tar ({n_tars})")
         shards = n_tars
     else:
-        if data["name"] == "folder":
+        if data["name"] == "folder" and not remote_folder(data["path"]):
             from .datasets.index import folder_listing
 
             try:
@@ -754,6 +774,8 @@ def _model_plan(config: dict, block: dict, shared: DatasetPart, described: dict,
                 precision=config["precision"], warnings=shared.warnings,
                 model_files=tuple(model_files), architecture_files=tuple(architecture_files),
                 dataset_files=shared.files,
+                dataset_folder=(shared.data["path"] if shared.data["name"] == "folder"
+                                and remote_folder(shared.data["path"]) else ""),
                 dataset_listing=shared.listing, model_key=model_key, dataset_identity=shared.identity,
                 occlusion=occlusion, correspondence=correspondence,
                 correspondence_files=tuple(correspondence_files))

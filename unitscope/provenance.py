@@ -37,6 +37,21 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+LOCALIZED_KEY = b"unitscope.manifest_sha256"
+
+
+def manifest_sha256(path: str | os.PathLike) -> str:
+    """The identity every stage records of the manifest: its file's sha256, or, for a job's copy
+    whose image paths point into the job's own copy of a dataset in object storage
+    (inputs.localized_manifest), the sha256 of the manifest it was made from."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    if LOCALIZED_KEY in meta:
+        return meta[LOCALIZED_KEY].decode()
+    return file_sha256(path)
+
+
 class Digest:
     """A digest of named arrays fed in row order, chunk by chunk: the same rows give the same
     digest however they were split."""

@@ -205,14 +205,14 @@ def histogram_and_ranges(activation_paths: list[str | os.PathLike] | None,
                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The histogram of every unit and the range examples of the shown units, in one pass over
     the shards — or merged from the partial results of blocks of them (`parts`)."""
-    from .provenance import Digest, StaleFileError, file_sha256, open_checked
+    from .provenance import Digest, StaleFileError, manifest_sha256, open_checked
 
     n_units, boxes, edges, shown, range_edges = _setup(layers_path, rf_path, units_path, layer,
                                                        shown_units, n_ranges, bins)
     samples = RangeSamples(shown, range_edges, per_range)
     if parts:
         counts = np.zeros((n_units, bins), np.int64)
-        want = {"layer": layer, "shards": total, "manifest_sha256": file_sha256(manifest_path),
+        want = {"layer": layer, "shards": total, "manifest_sha256": manifest_sha256(manifest_path),
                 "bins": bins, "n_ranges": n_ranges, "per_range": per_range,
                 "shown": ",".join(map(str, shown))}
         if model_key:

@@ -24,14 +24,29 @@ def _images(manifest: str, model: dict, inputs: list[str] | None = None):
 
 
 def dataset(spec: dict, manifest: str, rejected: str, resources: str = "resources",
-            threads: int = 1, record: str | None = None, identity: dict | None = None) -> None:
+            threads: int = 1, record: str | None = None, identity: dict | None = None,
+            image_folder: str | None = None) -> None:
     """Fetch and index a dataset into manifest.parquet and rejected.parquet, and record what the
-    dataset is (dataset.json: see datasets/identity.py)."""
+    dataset is (dataset.json: see datasets/identity.py). `image_folder`: where this job sees a
+    folder dataset that lies in object storage (the manifest's paths point into it)."""
     from .datasets.identity import dataset_identity, write_record
     from .datasets.index import index_images
     from .datasets.sources import candidates
 
-    index_images(candidates(spec, resources), manifest, rejected, threads)
+    if not image_folder:
+        index_images(candidates(spec, resources), manifest, rejected, threads)
+    else:  # index the job's copy, and record each image by its URL (inputs.localized_manifest)
+        import pandas as pd
+
+        from .atomic import atomic_path
+        from .inputs import storage_paths
+
+        index_images(candidates({**spec, "path": image_folder}, resources), manifest, rejected, threads)
+        for table in (manifest, rejected):
+            t = pd.read_parquet(table)
+            t["path"] = storage_paths(t["path"], image_folder, spec["path"]).astype(t["path"].dtype)
+            with atomic_path(table) as tmp:
+                t.to_parquet(tmp, index=False)
     if record:
         write_record(identity or dataset_identity(spec), record)
 
@@ -278,12 +293,22 @@ def invariance(top: str, shown: str, manifest: str, model: dict, layer: str, tab
                      f"{name}, layer {layer}: what it is invariant to (Zeiler & Fergus Fig. 5)")
 
 
-def compare(layer: str, name: str, sources: dict, choice: dict, table: str, figure: str,
-            display_px: int = 64) -> None:
-    """One layer of a comparison between models (compare/<name>/L.parquet and L.png):
-    `sources` maps each model, in order, to its topk, patches and projections files; `choice`
-    is the units shown ({"units": N or [ids], "seed": s})."""
+def compare(layer: str, name: str, models: list[str], topk: list[str], patches: list[str],
+            choice: dict, table: str, figure: str, projected: list[bool] | None = None,
+            projections: list[str] | None = None, display_px: int = 64) -> None:
+    """One layer of a comparison between models (compare/<name>/L.parquet and L.png): `topk`
+    and `patches` hold one file per model, in the order of `models`; `projections` one per
+    model whose `projected` is true; `choice` is the units shown ({"units": N or [ids], "seed": s})."""
     from .compare import compare_stage
+
+    projected = projected if projected is not None else [False] * len(models)
+    if not len(topk) == len(patches) == len(projected) == len(models) or \
+            len(projections or []) != sum(projected):
+        raise ValueError(f"comparison {name} {layer}: {len(models)} models, but {len(topk)} top-k "
+                         f"tables, {len(patches)} patch files, {len(projections or [])} projections")
+    rest = iter(projections or [])
+    sources = {m: {"topk": t, "patches": p, "projections": next(rest) if j else None}
+               for m, t, p, j in zip(models, topk, patches, projected)}
 
     compare_stage(sources, layer, name, choice["units"], int(choice.get("seed", 0)), table, figure,
                   display_px)
@@ -347,22 +372,27 @@ def grids(patches: str, units: str, shown: str, table: str, manifest: str, layer
                                   info.model, info.dataset, occlusion_rows)
 
 
-def gallery_layer(table: str, manifest: str, model: dict, layer: str, files: dict, out: str,
-                  method: str = "", classes: str | None = None, k: int | None = None) -> None:
-    """One layer's folder of the gallery: its page and every unit's page. `files` names the
-    layer's tables and patch files (gallery.LayerFiles)."""
+def gallery_layer(table: str, manifest: str, model: dict, layer: str, out: str, topk: str,
+                  units: str, shown: str, patches: str, rf: str, method: str = "",
+                  classes: str | None = None, k: int | None = None, **files: str) -> None:
+    """One layer's folder of the gallery: its page and every unit's page, from the layer's tables
+    and patch files (the fields of gallery.LayerFiles: bottomk, hist, ranges, projections, ...)."""
     from .gallery import LayerFiles, build_layer_pages
 
-    build_layer_pages(table, layer, LayerFiles(**files), manifest, _prep(model), out, method,
-                      classes, k)
+    build_layer_pages(table, layer, LayerFiles(topk=topk, units=units, shown=shown,
+                                               patches=patches, rf=rf, **files),
+                      manifest, _prep(model), out, method, classes, k)
 
 
-def gallery_index(table: str, manifest: str, rejected: str, model: dict, layers: dict,
-                  index: str, style: str, inputs_dir: str, images_dir: str, title: str = "",
-                  inputs: list[str] | None = None, correspondence: str | None = None,
-                  links: dict | None = None) -> None:
-    """The gallery's index page, style, input images and image pages (`layers` maps each layer to
-    its files, gallery.LayerFiles); the outputs lie beside the layers' folders."""
+def gallery_index(table: str, manifest: str, rejected: str, model: dict, names: list[str],
+                  topk: list[str], units: list[str], rf: list[str], bottomk: list[str],
+                  ranges: list[str], activations: list[str], index: str, style: str,
+                  inputs_dir: str, images_dir: str, title: str = "",
+                  verify: list[str] | None = None, inputs: list[str] | None = None,
+                  correspondence: str | None = None, links: dict | None = None) -> None:
+    """The gallery's index page, style, input images and image pages; every list but
+    `activations` holds one file per layer of `names` (`activations`: per layer, its shards).
+    The outputs lie beside the layers' folders."""
     import os
 
     import pandas as pd
@@ -374,7 +404,16 @@ def gallery_index(table: str, manifest: str, rejected: str, model: dict, layers:
     for path, name in expected.items():  # build_index writes them under these names
         if os.path.normpath(path) != os.path.normpath(os.path.join(folder, name)):
             raise ValueError(f"gallery_index writes {name} beside {index}, not at {path}")
-    files = {name: LayerFiles(**f) for name, f in layers.items()}
+    n = len(names)
+    if any(len(v) != n for v in (topk, units, rf, bottomk, ranges, verify or names)) or \
+            not activations or len(activations) % n:
+        raise ValueError(f"gallery_index: {n} layers, but the file lists differ in length")
+    per = len(activations) // n
+    files = {name: LayerFiles(topk=topk[i], units=units[i], shown="", patches="", rf=rf[i],
+                              bottomk=bottomk[i], ranges=ranges[i],
+                              activations=activations[i * per:(i + 1) * per],
+                              verify=verify[i] if verify else None)
+             for i, name in enumerate(names)}
     with _images(manifest, model, inputs) as images:
         build_index(table, manifest, files, images, _prep(model), folder, title,
                     len(pd.read_parquet(rejected)), correspondence or None, links)

@@ -37,7 +37,7 @@ from .atomic import atomic_path
 from .inputs import shard_rows
 from .layers import layer_row, read_boxes
 from .progress import Progress
-from .provenance import Digest, StaleFileError, file_sha256, open_checked
+from .provenance import Digest, StaleFileError, manifest_sha256, open_checked
 from .unit_stats import UnitStats
 
 log = logging.getLogger("unitscope")
@@ -179,7 +179,7 @@ class ActivationShards:
                  total: int | None = None):
         self.paths = [str(p) for p in paths]
         self.layer = layer
-        self.manifest_sha = file_sha256(manifest_path)
+        self.manifest_sha = manifest_sha256(manifest_path)
         self.manifest = pd.read_parquet(manifest_path, columns=None)
         self.model_key = model_key
         self.first = first  # the paths are shards first .. first+len-1 of `total`
@@ -329,7 +329,7 @@ def select_topk(activation_paths: list[str | os.PathLike] | None, manifest_path:
     boxes = read_boxes(rf_path, height, width)
     manifest = pd.read_parquet(manifest_path)
     if parts:
-        top, bottom, stats = merge_parts(parts, layer, file_sha256(manifest_path), k, distinct,
+        top, bottom, stats = merge_parts(parts, layer, manifest_sha256(manifest_path), k, distinct,
                                          units, total, model_key)
     else:
         shards = ActivationShards(activation_paths, manifest_path, layer, model_key)

@@ -2,9 +2,10 @@
 # that the later stages of a layer depend on that layer's files only.
 rule activations:
     input:
+        unpack(image_folder),
         unpack(shard_inputs),
         manifest=L.manifest,
-        model_files=of_model("model_files"),
+        model_files=model_files(),
     output:
         out=[L.activations(layer, "{shard}") for layer in LAYERS],
     log:
@@ -23,7 +24,9 @@ rule activations:
         code=stage_fingerprint("activations"),
     threads: 2
     resources:
-        gpu=1 if PLAN.device == "cuda" else 0,  # on SLURM: sbatch --gpus=1
+        # with device: cuda, one GPU as each executor asks for it: SLURM and Kubernetes read gpu
+        # (sbatch --gpus=1; a pod requesting nvidia.com/gpu), Google Batch reads nvidia_gpu
+        **({"gpu": 1, "gpu_manufacturer": "nvidia", "nvidia_gpu": 1} if PLAN.device == "cuda" else {}),
     conda:
         "../../envs/unitscope.yaml"
     script:

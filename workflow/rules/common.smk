@@ -58,6 +58,28 @@ def of_model(attr):
     return value
 
 
+def installed(paths):
+    """Files from outside results/ that every machine of the run has where the config names them
+    (the photos and weights inside installed packages, the user's model and weights files):
+    inputs that are read in place, never through a storage plugin (--default-storage-provider)."""
+    return [local(path) for path in paths]
+
+
+def model_files(attr="model_files"):
+    """The files a model is read from, as inputs (rerun when they change, read in place)."""
+
+    def files(wildcards):
+        return installed(getattr(PLANS[wildcards.model], attr))
+
+    return files
+
+
+def image_folder(wildcards=None):
+    """A folder dataset in object storage (dataset.path: s3://...), as the input of every job that
+    reads its images: the storage plugin fetches it, and the manifest's paths point into it."""
+    return {"image_folder": storage(PLAN.dataset_folder)} if PLAN.dataset_folder else {}
+
+
 def model_config(wildcards):
     """The job's model block (plain values) as the stages take it."""
     return PLANS[wildcards.model].model.as_dict()
@@ -156,7 +178,7 @@ def figure_inputs(wildcards):
     L = layout_of(wildcards.model)
     layer = wildcards.layer
     files = {"patches": L.patches(layer), "units": L.units(layer), "shown": L.shown(layer),
-             "table": L.layers_table, "manifest": L.manifest}
+             "table": L.layers_table, "manifest": L.manifest, **image_folder()}
     if PLANS[wildcards.model].panels(layer) != "patches":
         files["projections"] = L.projections(layer)
     if PLAN.verify != "none":
@@ -231,35 +253,20 @@ def layer_gallery_files(wildcards):
     return f
 
 
-def layer_gallery_inputs(wildcards):
-    return list(layer_gallery_files(wildcards).values())
+GALLERY_KINDS = ("topk", "units", "rf", "bottomk", "ranges")
 
 
 def index_files(wildcards):
-    """What the gallery's index job reads of each layer: the examples' tables (which images the
-    pages show), verification (effective fields), and units, boxes and activations (the image
-    pages)."""
+    """What the gallery's index job reads of each layer, one named input per kind with one path
+    per layer (in LAYERS' order; `activations`: per layer its shards): the examples' tables
+    (which images the pages show), verification (effective fields), and units, boxes and
+    activations (the image pages)."""
     L = layout_of(wildcards.model)
-    files = {}
-    for layer in LAYERS:
-        f = {"topk": L.topk(layer), "units": L.units(layer), "shown": L.shown(layer),
-             "patches": L.patches(layer), "rf": L.rf(layer), "bottomk": L.bottomk(layer),
-             "ranges": L.ranges(layer), "activations": [L.activations(layer, s) for s in SHARDS]}
-        if PLAN.verify != "none":
-            f["verify"] = L.verify(layer)
-        files[layer] = f
+    files = {kind: [getattr(L, kind)(layer) for layer in LAYERS] for kind in GALLERY_KINDS}
+    files["activations"] = [L.activations(layer, s) for layer in LAYERS for s in SHARDS]
+    if PLAN.verify != "none":
+        files["verify"] = [L.verify(layer) for layer in LAYERS]
     return files
-
-
-def index_inputs(wildcards):
-    """Every file of `index_files`, as the index job's inputs (none missed, none extra)."""
-    keep = ("topk", "units", "rf", "bottomk", "ranges", "activations", "verify")
-    paths = []
-    for f in index_files(wildcards).values():
-        for key, value in f.items():
-            if key in keep:
-                paths += value if isinstance(value, list) else [value]
-    return paths
 
 
 def gallery_title(wildcards):
@@ -274,21 +281,19 @@ def gallery_links(wildcards):
                         for name, c in RUN.compares.items() if wildcards.model in c["models"]}}
 
 
-def compare_sources(wildcards):
-    """What a comparison of one layer reads of each of its models, in order: its top-k table,
-    patches and (where it projects) projections."""
-    out = {}
-    for model in RUN.compares[wildcards.compare]["models"]:
-        M = layout_of(model)
-        projected = PLANS[model].projection != "none"
-        out[model] = {"topk": M.topk(wildcards.layer), "patches": M.patches(wildcards.layer),
-                      "projections": M.projections(wildcards.layer) if projected else None}
-    return out
-
-
 def compare_inputs(wildcards):
-    """The same files as one list, the job's inputs."""
-    return [path for files in compare_sources(wildcards).values() for path in files.values() if path]
+    """What a comparison of one layer reads of its models, in the comparison's order: each one's
+    top-k table and patches, and the projections of those that project."""
+    models = RUN.compares[wildcards.compare]["models"]
+    return {"topk": [layout_of(m).topk(wildcards.layer) for m in models],
+            "patches": [layout_of(m).patches(wildcards.layer) for m in models],
+            "projections": [layout_of(m).projections(wildcards.layer) for m in models
+                            if PLANS[m].projection != "none"]}
+
+
+def compare_projected(wildcards):
+    """Which of a comparison's models have projections (the `projections` input lists those)."""
+    return [PLANS[m].projection != "none" for m in RUN.compares[wildcards.compare]["models"]]
 
 
 def compare_choice(wildcards):

@@ -3,7 +3,7 @@
 # (Fig. 5).
 rule compare:
     input:
-        compare_inputs,
+        unpack(compare_inputs),
     output:
         table=L.compare_table("{compare}", "{layer}"),
         figure=report(
@@ -19,7 +19,8 @@ rule compare:
     params:
         layer=layer_name,
         name=lambda wildcards: wildcards.compare,
-        sources=compare_sources,
+        models=compare_setting("models"),
+        projected=compare_projected,
         choice=compare_choice,
         display_px=setting("display_px"),
         code=stage_fingerprint("compare"),
@@ -50,10 +51,11 @@ rule compare_page:
 
 rule invariance:
     input:
+        unpack(image_folder),
         top=L.topk("{layer}"),
         shown=L.shown("{layer}"),
         manifest=L.manifest,
-        model_files=of_model("model_files"),
+        model_files=model_files(),
     output:
         table=L.invariance("{layer}"),
         figure=report(

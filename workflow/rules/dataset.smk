@@ -2,7 +2,8 @@
 # with `inputs: store`, preprocessed once into one HDF5 file per shard.
 rule dataset:
     input:
-        dataset_files=PLAN.dataset_files,
+        unpack(image_folder),
+        dataset_files=installed(PLAN.dataset_files),
     output:
         manifest=L.manifest,
         rejected=L.rejected,
@@ -26,6 +27,7 @@ rule dataset:
 
 rule inputs:
     input:
+        unpack(image_folder),
         manifest=L.manifest,
     output:
         out=L.inputs("{shard}"),

@@ -2,6 +2,7 @@
 # pixel space, and the re-verification of the shown examples against a fresh forward pass.
 rule patches:
     input:
+        unpack(image_folder),
         top=L.topk("{layer}"),
         bottom=L.bottomk("{layer}"),
         ranges=L.ranges("{layer}"),
@@ -28,12 +29,13 @@ rule patches:
 
 rule projections:
     input:
+        unpack(image_folder),
         unpack(projected_ranges),
         top=L.topk("{layer}"),
         bottom=L.bottomk("{layer}"),
         shown=L.shown("{layer}"),
         manifest=L.manifest,
-        model_files=of_model("model_files"),
+        model_files=model_files(),
         inputs=stored_inputs,
     output:
         out=L.projections("{layer}"),
@@ -59,12 +61,13 @@ rule projections:
 
 rule verify:
     input:
+        unpack(image_folder),
         top=L.topk("{layer}"),
         bottom=L.bottomk("{layer}"),
         shown=L.shown("{layer}"),
         rf=L.rf("{layer}"),
         manifest=L.manifest,
-        model_files=of_model("model_files"),
+        model_files=model_files(),
     output:
         out=L.verify("{layer}"),
     log:

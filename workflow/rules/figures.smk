@@ -35,7 +35,8 @@ rule grids:
 
 rule gallery_layer:
     input:
-        layer_gallery_inputs,
+        unpack(image_folder),
+        unpack(layer_gallery_files),
         table=L.layers_table,
         manifest=L.manifest,
         classes=L.classes,
@@ -48,7 +49,6 @@ rule gallery_layer:
     params:
         model=model_config,
         layer=layer_name,
-        files=layer_gallery_files,
         method=projection_method,
         k=setting("k"),
         code=stage_fingerprint("gallery_layer"),
@@ -60,7 +60,8 @@ rule gallery_layer:
 
 rule gallery_index:
     input:
-        index_inputs,
+        unpack(image_folder),
+        unpack(index_files),
         unpack(correspondence_table),
         table=L.layers_table,
         manifest=L.manifest,
@@ -77,7 +78,7 @@ rule gallery_index:
         L.benchmark("gallery_index")
     params:
         model=model_config,
-        layers=index_files,
+        names=LAYERS,
         title=gallery_title,
         links=gallery_links,
         code=stage_fingerprint("gallery_index"),

@@ -3,7 +3,7 @@
 # layer right before its classifier, and the first layer's filters.
 rule layers:
     input:
-        model_files=of_model("architecture_files"),
+        model_files=model_files("architecture_files"),
     output:
         table=L.layers_table,
         rf=[L.rf(layer) for layer in LAYERS],
@@ -43,7 +43,7 @@ rule shared_layers:
 
 rule classes:
     input:
-        model_files=of_model("model_files"),
+        model_files=model_files(),
     output:
         out=L.classes,
     log:
@@ -60,7 +60,7 @@ rule classes:
 
 rule filters:
     input:
-        model_files=of_model("model_files"),
+        model_files=model_files(),
     output:
         table=L.filters_table,
         figure=report(L.filters_figure, caption="../report/filters.rst", category="Filters",

@@ -3,12 +3,13 @@
 # images (Fig. 8).
 rule occlusion:
     input:
+        unpack(image_folder),
         top=L.topk("{layer}"),
         shown=L.shown("{layer}"),
         rf=L.rf("{layer}"),
         table=L.layers_table,
         manifest=L.manifest,
-        model_files=of_model("model_files"),
+        model_files=model_files(),
         inputs=stored_inputs,
     output:
         out=L.occlusion("{layer}"),
@@ -32,9 +33,9 @@ rule occlusion:
 
 rule correspondence:
     input:
-        images=PLAN.correspondence["images"] if PLAN.correspondence else [],
-        part_images=PLAN.correspondence_files[1:],
-        model_files=of_model("model_files"),
+        images=installed([PLAN.correspondence["images"]] if PLAN.correspondence else []),
+        part_images=installed(PLAN.correspondence_files[1:]),
+        model_files=model_files(),
     output:
         out=L.correspondence,
     log:
