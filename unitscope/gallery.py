@@ -197,7 +197,9 @@ def build_index(layers_path: str | os.PathLike, manifest_path: str | os.PathLike
     views: dict[int, list[dict]] = {i: [] for i in sorted(used)}
     for r in image_view_table(layers, manifest, paths, sorted(used)).to_dict("records"):
         views[int(r["image_id"])].append(r)
-    metas = by_id[["path", "label"]].to_dict("index")
+    # where each image lives as the run names it (a job's copy of a bucket keeps it in source_path)
+    shown = by_id["source_path"] if "source_path" in by_id else by_id["path"]
+    metas = by_id[["label"]].assign(path=shown).to_dict("index")
     with atomic_path(out_dir / "images") as tmp:
         tmp.mkdir()
         for image_id, view in views.items():

@@ -330,29 +330,46 @@ def image_source(manifest_path: str | os.PathLike, prep: Preprocessing,
     return DecodedImages(manifest_path, prep)
 
 
-def storage_paths(paths: "pd.Series", local_folder: str, url: str) -> "pd.Series":
-    """Image paths under a job's copy of a dataset in object storage as the objects' URLs
-    (`local_folder`/a.jpg -> `url`/a.jpg): what the manifest records, the same in every job."""
-    local, url = str(local_folder).rstrip("/"), url.rstrip("/")
-    return paths.map(lambda p: url + p[len(local):] if p == local or p.startswith(local + "/") else p)
+def _moved(path: str, pairs: list[tuple[str, str]]) -> str:
+    for src, dst in pairs:
+        src, dst = str(src).rstrip("/"), str(dst).rstrip("/")
+        if path == src:
+            return dst
+        if path.startswith(src + "/"):
+            return dst + path[len(src):]
+        if path.startswith(src + "::"):  # a rejected tar member: tar::member
+            return dst + path[len(src):]
+    return path
 
 
-def localized_manifest(manifest_path: str | os.PathLike, url: str, local_folder: str,
+def rooted_paths(paths: "pd.Series", local: list[str], roots: list[str]) -> "pd.Series":
+    """Image paths under a job's copies (`local`) of the dataset's image roots as the plan names
+    them (`roots`: a storage URL, resources/datasets/<key>, a tar shard): what the manifest
+    records, the same in every job wherever its copies lie."""
+    pairs = list(zip(local, roots))
+    return paths.map(lambda p: _moved(p, pairs))
+
+
+def localized_manifest(manifest_path: str | os.PathLike, roots: list[str], local: list[str],
                        out: str | os.PathLike) -> str:
-    """A job's copy of a manifest whose images lie in object storage under `url`, each path
-    pointing into the job's own copy of that folder (`local_folder`, wherever the storage plugin
-    put it); the copy carries the original's sha256, so the stages' checks see one manifest."""
+    """A job's copy of the manifest, each image path pointing into the job's own copy of its
+    image root (wherever the storage plugin put it); the copy carries the original's sha256, so
+    the stages' checks see one manifest, and `source_path` keeps each path as the run names it.
+    The manifest itself where nothing moved."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from .provenance import LOCALIZED_KEY
 
+    pairs = [(r, p) for r, p in zip(roots, local) if str(r).rstrip("/") != str(p).rstrip("/")]
+    if not pairs:
+        return str(manifest_path)
     table = pq.read_table(manifest_path)
-    url, local = url.rstrip("/"), str(local_folder).rstrip("/")
-    paths = table.column("path").to_pylist()
-    table = table.set_column(table.schema.get_field_index("path"), table.schema.field("path"),
-                             pa.array([local + p[len(url):] if p.startswith(url + "/") else p
-                                       for p in paths], type=table.schema.field("path").type))
+    i = table.schema.get_field_index("path")
+    paths = [_moved(p, pairs) for p in table.column("path").to_pylist()]
+    # the path as the run names it stays beside the job's own, for what pages show
+    table = table.append_column("source_path", table.column("path"))
+    table = table.set_column(i, table.schema.field("path"), pa.array(paths, type=table.schema.field("path").type))
     meta = {**(table.schema.metadata or {}), LOCALIZED_KEY: manifest_sha256(manifest_path).encode()}
     pq.write_table(table.replace_schema_metadata(meta), out)
     return str(out)

@@ -211,7 +211,7 @@ class Layout:
         return f"{self.gallery}/{layer}/{self.unit_file(unit, 'html')}"
 
     def log(self, stage: str, name: str | None = None) -> str:
-        base = self.data if stage == "dataset" else self.res
+        base = self.data if stage in ("dataset", "extract") else self.res
         return f"{base}/logs/{stage}.log" if name is None else f"{base}/logs/{stage}/{name}.log"
 
     def benchmark(self, stage: str, name: str | None = None) -> str:
@@ -278,7 +278,11 @@ class Plan:
     architecture_files: tuple[str, ...] = ()
     dataset_files: tuple[str, ...] = ()
     dataset_listing: str = ""
-    dataset_folder: str = ""  # a folder dataset in object storage (s3://, gs://): the rules' storage input
+    fetches: tuple[Fetch, ...] = ()  # the dataset's downloads, then the model's weights
+    archive: str = ""  # the archive the `extract` job unpacks (a download or the user's tar)
+    unpacked: str = ""  # where it unpacks to: resources/datasets/<key>
+    image_roots: tuple[str, ...] = ()  # what every job that reads images declares (dataset_sources)
+    weights_fetch: Fetch | None = None  # a weights URL, downloaded by its own job
     model_key: str = ""
     dataset_identity: dict = dataclasses.field(default_factory=dict)
     occlusion: dict = dataclasses.field(default_factory=dict)  # occlusion.Settings as a dict
@@ -493,6 +497,20 @@ def _check_model(m: ModelConfig) -> tuple[ModelSpec, list[str], list[str]]:
     return spec, files, architecture
 
 
+def _weights_fetch(spec: ModelSpec, weights: str) -> "Fetch | None":
+    """The download of a model's weights where they come from an http(s) URL (the config's, or
+    the published ImageNet weights of a built-in model), checked against the sha256 prefix its
+    file name carries (torch.hub's convention), where it has one."""
+    url = weights if re.match(r"^https?://", weights) else None
+    if weights == "imagenet" and spec.kind == "builtin" and not spec.packaged_weights:
+        url = spec.weights_url
+    if not url:
+        return None
+    fetches: list[Fetch] = []
+    _fetch(url, fetches, check="weights")
+    return fetches[0]
+
+
 def _file_identity(path: str, ctime: bool = False) -> list:
     st = os.stat(path)
     return [os.path.abspath(path), st.st_size, st.st_mtime_ns] + ([st.st_ctime_ns] if ctime else [])
@@ -501,6 +519,82 @@ def _file_identity(path: str, ctime: bool = False) -> list:
 # what results/D/ holds beside the models' folders
 RESERVED_IDS = ("compare", "logs", "benchmarks", "manifest.parquet", "rejected.parquet", "dataset.json")
 ARCHITECTURE_FREE = ("id", "weights", "seed")  # what models sharing one layer table may differ in
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One download, made by its own job (rule `download`) into resources/downloads/<key>/: the
+    URL, the file's path, the checksums it must have, and how it is checked ("archive": read to
+    its end; "weights": the sha256 prefix in its name, as torch.hub checks it)."""
+
+    url: str
+    path: str
+    md5: str | None = None
+    sha256: str | None = None
+    check: str = ""
+
+    @property
+    def key(self) -> str:
+        return os.path.basename(os.path.dirname(self.path))
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+def _fetch(url: str, fetches: list[Fetch], **kw) -> str:
+    """The file a job reads for `url`: an http(s) URL's download (added to `fetches`), a file://
+    URL's local file."""
+    if url.startswith("file://"):
+        return _file_url_path(url)
+    from .datasets.download import cached_path
+
+    f = Fetch(url, str(cached_path(url, "resources")), **kw)
+    if f not in fetches:
+        fetches.append(f)
+    return f.path
+
+
+def dataset_sources(data: dict) -> tuple[tuple[Fetch, ...], str, str, tuple[str, ...]]:
+    """Where a dataset's images come from, as the workflow's files: its downloads, the archive
+    that is unpacked (a download or the user's tar), the folder it is unpacked into
+    (resources/datasets/<key>), and the image roots every job that reads images declares (and
+    the manifest names its images under): that folder, a folder in object storage, or the tar
+    shards; none for the sample photos and a local folder, read in place."""
+    from .datasets.download import url_key
+    from .datasets.sources import ARCHIVES, FASTAI, tar_shard_list
+
+    name = data["name"]
+    fetches: list[Fetch] = []
+    archive = unpacked = ""
+    roots: list[str] = []
+    if name in ARCHIVES:
+        filename, md5 = ARCHIVES[name].get(str(data.get("size", 160)), (None, None))
+        if filename:
+            url = (data.get("mirror") or FASTAI).rstrip("/") + "/" + filename
+            archive = _fetch(url, fetches, md5=data.get("md5", md5), sha256=data.get("sha256"),
+                             check="archive")
+            unpacked = f"resources/datasets/{url_key(url)}"
+    elif name == "url":
+        archive = _fetch(data["url"], fetches, md5=data.get("md5"), sha256=data.get("sha256"),
+                         check="archive")
+        unpacked = f"resources/datasets/{url_key(data['url'])}"
+    elif name == "imagenet_val":
+        archive = data["tar"]
+        unpacked = f"resources/datasets/{url_key(os.path.abspath(archive))}"
+    elif name == "tar_shards":
+        checksums = data.get("checksums") or {}
+        for source in tar_shard_list(data["urls"]):
+            if "://" in source:
+                base = os.path.basename(source.split("?")[0])
+                roots.append(_fetch(source, fetches, sha256=checksums.get(base)))
+            else:
+                roots.append(source)
+    elif name == "folder" and remote_folder(data["path"]):
+        roots.append(data["path"])
+    if unpacked:
+        roots = [unpacked]
+    return tuple(fetches), archive, unpacked, tuple(roots)
 
 
 @dataclass(frozen=True)
@@ -704,6 +798,8 @@ def _model_plan(config: dict, block: dict, shared: DatasetPart, described: dict,
     data = shared.data
     model = ModelConfig.from_dict({"seed": config["seed"], **block})
     spec, model_files, architecture_files = _check_model(model)
+    sources = dataset_sources(data)
+    weights = _weights_fetch(spec, model.weights)
     layout = Layout(data["id"], safe_name(model.id or spec.name, "model.id"))
     layers = list(config["layers"])
     for layer in layers:
@@ -774,8 +870,8 @@ def _model_plan(config: dict, block: dict, shared: DatasetPart, described: dict,
                 precision=config["precision"], warnings=shared.warnings,
                 model_files=tuple(model_files), architecture_files=tuple(architecture_files),
                 dataset_files=shared.files,
-                dataset_folder=(shared.data["path"] if shared.data["name"] == "folder"
-                                and remote_folder(shared.data["path"]) else ""),
+                fetches=sources[0] + ((weights,) if weights else ()), archive=sources[1],
+                unpacked=sources[2], image_roots=sources[3], weights_fetch=weights,
                 dataset_listing=shared.listing, model_key=model_key, dataset_identity=shared.identity,
                 occlusion=occlusion, correspondence=correspondence,
                 correspondence_files=tuple(correspondence_files))

@@ -25,30 +25,55 @@ def _images(manifest: str, model: dict, inputs: list[str] | None = None):
 
 def dataset(spec: dict, manifest: str, rejected: str, resources: str = "resources",
             threads: int = 1, record: str | None = None, identity: dict | None = None,
-            image_folder: str | None = None) -> None:
+            image_folder: list[str] | None = None, image_roots: list[str] | None = None) -> None:
     """Fetch and index a dataset into manifest.parquet and rejected.parquet, and record what the
-    dataset is (dataset.json: see datasets/identity.py). `image_folder`: where this job sees a
-    folder dataset that lies in object storage (the manifest's paths point into it)."""
+    dataset is (dataset.json: see datasets/identity.py). In the workflow its files were fetched
+    by jobs of their own: `image_folder` is where this job sees each of `image_roots` (the
+    unpacked archive, a storage folder, the tar shards; plan.dataset_sources), and the manifest
+    names each image under its root as the plan does, the same for every job."""
     from .datasets.identity import dataset_identity, write_record
     from .datasets.index import index_images
     from .datasets.sources import candidates
 
-    if not image_folder:
-        index_images(candidates(spec, resources), manifest, rejected, threads)
-    else:  # index the job's copy, and record each image by its URL (inputs.localized_manifest)
+    index_images(candidates(spec, resources, image_folder or None), manifest, rejected, threads)
+    if image_folder and list(image_folder) != list(image_roots or []):
         import pandas as pd
 
         from .atomic import atomic_path
-        from .inputs import storage_paths
+        from .inputs import rooted_paths
 
-        index_images(candidates({**spec, "path": image_folder}, resources), manifest, rejected, threads)
         for table in (manifest, rejected):
             t = pd.read_parquet(table)
-            t["path"] = storage_paths(t["path"], image_folder, spec["path"]).astype(t["path"].dtype)
+            t["path"] = rooted_paths(t["path"], image_folder, image_roots).astype(t["path"].dtype)
             with atomic_path(table) as tmp:
                 t.to_parquet(tmp, index=False)
     if record:
         write_record(identity or dataset_identity(spec), record)
+
+
+def download(url: str, file: str, record: str, md5: str | None = None, sha256: str | None = None,
+             check: str = "") -> None:
+    """One download (plan.Fetch) into resources/downloads/<key>/: resumed, retried, checked (an
+    archive read to its end; weights against the sha256 prefix in their name)."""
+    import os
+
+    from .datasets.download import download as fetch_url
+    from .datasets.extract import check_archive
+    from .models import check_hash_prefix
+
+    checks = {"archive": check_archive, "weights": check_hash_prefix, "": None}
+    fetch_url(url, file, md5, sha256, check=checks[check])
+    if os.path.normpath(record) != os.path.normpath(file + ".sha256"):
+        raise ValueError(f"download records {file}'s digest beside it, not at {record}")
+
+
+def extract(archive: str, out: str, source: dict) -> None:
+    """An archive (a download, or the user's ILSVRC2012 tar) unpacked into its own folder under
+    resources/datasets/, members checked (no path outside it, no link, bounded size)."""
+    from .datasets.extract import check_archive, extract_once
+
+    check_archive(archive)
+    extract_once(archive, out, source)
 
 
 def inputs(manifest: str, model: dict, out: str, shard: int, shards: int, threads: int = 1) -> None:

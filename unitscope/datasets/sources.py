@@ -79,9 +79,13 @@ def _label_wordnet(cands: list[Candidate]) -> list[Candidate]:
                       if c.label else None) for c in cands]
 
 
-def imagenet_val_candidates(tar: str, labels: str | None, resources: Path) -> list[Candidate]:
-    """The user's ILSVRC2012 validation tar (flat JPEGs); labels from a file of either
-    `filename label` lines or one label per line in filename order."""
+def imagenet_val_candidates(tar: str, labels: str | None, resources: Path,
+                            root: str | None = None) -> list[Candidate]:
+    """The user's ILSVRC2012 validation tar (flat JPEGs), or the folder it was unpacked into
+    (`root`); labels from a file of either `filename label` lines or one label per line in
+    filename order."""
+    if root is not None:
+        return _imagenet_val_labelled(Path(root), labels)
     if not os.path.isfile(tar):
         raise FileNotFoundError(f"dataset.tar {tar!r} does not exist (ILSVRC2012_img_val.tar "
                                 f"needs an image-net.org account; download it yourself)")
@@ -90,6 +94,10 @@ def imagenet_val_candidates(tar: str, labels: str | None, resources: Path) -> li
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     check_archive(tar)
     root = extract_once(tar, resources / "extracted" / f"{_stem(Path(tar).name)}-{key}", identity)
+    return _imagenet_val_labelled(root, labels)
+
+
+def _imagenet_val_labelled(root: Path, labels: str | None) -> list[Candidate]:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     by_name: dict[str, str] = {}
     if labels:
@@ -196,14 +204,24 @@ def _label_of(ext: str, data: bytes) -> str | None:
     return None
 
 
-def candidates(cfg: dict, resources: str | os.PathLike = "resources") -> list[Candidate]:
-    """Candidate images of a dataset config (the `dataset:` block of config.yaml)."""
+def candidates(cfg: dict, resources: str | os.PathLike = "resources",
+               local: list[str] | None = None) -> list[Candidate]:
+    """Candidate images of a dataset config (the `dataset:` block of config.yaml). `local`: the
+    files the workflow's jobs fetched for it (plan.dataset_sources: the folder an archive was
+    unpacked into, a storage folder's copy, the tar shards), used instead of fetching here."""
     resources = Path(resources)
     name = cfg["name"]
     if name == "sample":
         cands = sample_candidates()
     elif name == "folder":
-        cands = folder_candidates(cfg["path"])
+        cands = folder_candidates(local[0] if local else cfg["path"])
+    elif name in ARCHIVES and local:
+        splits = [p for p in Path(local[0]).rglob(cfg.get("split", "val")) if p.is_dir()]
+        if not splits:
+            raise ValueError(f"{local[0]} has no {cfg.get('split', 'val')!r} folder")
+        cands = _label_wordnet(folder_candidates(splits[0]))
+    elif name == "url" and local:
+        cands = folder_candidates(_unwrap(Path(local[0])))
     elif name in ARCHIVES:
         size, split = str(cfg.get("size", 160)), cfg.get("split", "val")
         if size not in ARCHIVES[name]:
@@ -220,15 +238,16 @@ def candidates(cfg: dict, resources: str | os.PathLike = "resources") -> list[Ca
         root = archive_contents(cfg["url"], resources, md5=cfg.get("md5"), sha256=cfg.get("sha256"))
         cands = folder_candidates(_unwrap(root))
     elif name == "imagenet_val":
-        cands = imagenet_val_candidates(cfg["tar"], cfg.get("labels"), resources)
+        cands = imagenet_val_candidates(cfg["tar"], cfg.get("labels"), resources,
+                                        local[0] if local else None)
     elif name == "tar_shards":
-        return tar_shard_candidates(cfg, resources)
+        return tar_shard_candidates(cfg, resources, local)
     else:
         raise ValueError(f"dataset.name {name!r}; valid: {', '.join(SOURCES)}")
     return subset(cands, cfg.get("max_images"), cfg.get("per_class"), cfg.get("seed", 0))
 
 
-def tar_shard_candidates(cfg: dict, resources: Path) -> list[Candidate]:
+def tar_shard_candidates(cfg: dict, resources: Path, local: list[str] | None = None) -> list[Candidate]:
     """Every image of every tar shard, in shard order (a subset keeps whole shards' order). Sample
     keys are made unique by tar (its file name, or its position where two tars share a name); the
     same tar twice (the same content) is refused."""
@@ -238,7 +257,10 @@ def tar_shard_candidates(cfg: dict, resources: Path) -> list[Candidate]:
     seen: dict[str, str] = {}
     for i, (source, name) in enumerate(zip(sources, names)):
         prefix = (name if names.count(name) == 1 else f"{i:03d}-{name}") + "/"
-        cands = tar_candidates(tar_shard_file(source, resources, cfg.get("checksums")), i, prefix)
+        # a URL's tar was fetched and checked by its own job (rule download)
+        tar = Path(local[i]) if local and "://" in source else \
+            tar_shard_file(local[i] if local else source, resources, cfg.get("checksums"))
+        cands = tar_candidates(tar, i, prefix)
         digest = cands[0].stamp[0] if cands else None
         if digest in seen:
             raise ValueError(f"dataset.urls: {source} and {seen[digest]} are the same tar (sha256 "

@@ -308,6 +308,26 @@ def weights_file(spec: ModelSpec, weights: str) -> str | None:
     return weights
 
 
+HASH_PREFIX = re.compile(r"-([a-f0-9]{6,})\.")  # torch.hub's convention: name-<sha256 prefix>.pth
+
+
+def check_hash_prefix(path: str | os.PathLike) -> None:
+    """A ValueError where a weights file's name carries a sha256 prefix (torch.hub's
+    `name-<hex>.pth`) that its content does not have."""
+    import hashlib
+
+    m = HASH_PREFIX.search(os.path.basename(str(path)))
+    if not m:
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if not h.hexdigest().startswith(m.group(1)):
+        raise ValueError(f"{os.path.basename(str(path))}: sha256 {h.hexdigest()[:16]}… does not "
+                         f"start with the {m.group(1)} its name promises")
+
+
 def load_state_dict(spec: ModelSpec, weights: str):
     """The state_dict that `weights` names: "imagenet" (the published or shipped weights), an
     http(s)/file URL (downloaded once under TORCH_HOME, sha256-prefix checked), or a file path

@@ -2,6 +2,7 @@
 # that the later stages of a layer depend on that layer's files only.
 rule activations:
     input:
+        unpack(weights_download),
         unpack(image_folder),
         unpack(shard_inputs),
         manifest=L.manifest,
@@ -13,6 +14,7 @@ rule activations:
     benchmark:
         L.benchmark("activations", "shard-{shard}")
     params:
+        image_roots=PLAN.image_roots,
         model=model_config,
         names=LAYERS,
         shard=shard_index,

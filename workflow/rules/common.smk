@@ -74,10 +74,35 @@ def model_files(attr="model_files"):
     return files
 
 
+def image_root(root: str):
+    """An image root as an input: a folder in object storage through its storage plugin, a
+    download or an unpacked archive as the output of its job, a user's tar in place."""
+    if re.match(r"^\w+://", root):
+        return storage(root)
+    return root if root.startswith("resources/") else local(root)
+
+
 def image_folder(wildcards=None):
-    """A folder dataset in object storage (dataset.path: s3://...), as the input of every job that
-    reads its images: the storage plugin fetches it, and the manifest's paths point into it."""
-    return {"image_folder": storage(PLAN.dataset_folder)} if PLAN.dataset_folder else {}
+    """The dataset's image roots (plan.dataset_sources), as inputs of every job that reads its
+    images: the manifest names images under these roots, and each job reads its own copies."""
+    return {"image_folder": [image_root(r) for r in PLAN.image_roots]} if PLAN.image_roots else {}
+
+
+# every download of the run, by its folder's key: the dataset's archive or tar shards, weights
+FETCHES = {f.key: f for plan in PLANS.values() for f in plan.fetches}
+
+
+def fetch_setting(key):
+    def value(wildcards):
+        return getattr(FETCHES[wildcards.key], key)
+
+    return value
+
+
+def weights_download(wildcards):
+    """A model's weights where they come from a URL: the file its `download` job fetched."""
+    f = PLANS[wildcards.model].weights_fetch
+    return {"weights_file": f.path} if f else {}
 
 
 def model_config(wildcards):

@@ -51,6 +51,7 @@ rule compare_page:
 
 rule invariance:
     input:
+        unpack(weights_download),
         unpack(image_folder),
         top=L.topk("{layer}"),
         shown=L.shown("{layer}"),
@@ -69,6 +70,7 @@ rule invariance:
     benchmark:
         L.benchmark("invariance", "{layer}")
     params:
+        image_roots=PLAN.image_roots,
         model=model_config,
         layer=layer_name,
         settings={k: v for k, v in (RUN.invariance or {}).items() if k not in ("layers", "models")},

@@ -16,6 +16,7 @@ rule patches:
     benchmark:
         L.benchmark("patches", "{layer}")
     params:
+        image_roots=PLAN.image_roots,
         model=model_config,
         layer=layer_name,
         patch_max_px=setting("patch_max_px"),
@@ -29,6 +30,7 @@ rule patches:
 
 rule projections:
     input:
+        unpack(weights_download),
         unpack(image_folder),
         unpack(projected_ranges),
         top=L.topk("{layer}"),
@@ -44,6 +46,7 @@ rule projections:
     benchmark:
         L.benchmark("projections", "{layer}")
     params:
+        image_roots=PLAN.image_roots,
         model=model_config,
         layer=layer_name,
         method=projection_method,
@@ -61,6 +64,7 @@ rule projections:
 
 rule verify:
     input:
+        unpack(weights_download),
         unpack(image_folder),
         top=L.topk("{layer}"),
         bottom=L.bottomk("{layer}"),
@@ -75,6 +79,7 @@ rule verify:
     benchmark:
         L.benchmark("verify", "{layer}")
     params:
+        image_roots=PLAN.image_roots,
         model=model_config,
         layer=layer_name,
         figure=setting("figure"),

@@ -19,6 +19,7 @@ rule grids:
     benchmark:
         L.benchmark("grids", "{layer}")
     params:
+        image_roots=PLAN.image_roots,
         layer=layer_name,
         display_px=setting("display_px"),
         k=setting("k"),
@@ -47,6 +48,7 @@ rule gallery_layer:
     benchmark:
         L.benchmark("gallery_layer", "{layer}")
     params:
+        image_roots=PLAN.image_roots,
         model=model_config,
         layer=layer_name,
         method=projection_method,
@@ -77,6 +79,7 @@ rule gallery_index:
     benchmark:
         L.benchmark("gallery_index")
     params:
+        image_roots=PLAN.image_roots,
         model=model_config,
         names=LAYERS,
         title=gallery_title,

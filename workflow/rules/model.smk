@@ -43,6 +43,7 @@ rule shared_layers:
 
 rule classes:
     input:
+        unpack(weights_download),
         model_files=model_files(),
     output:
         out=L.classes,
@@ -60,6 +61,7 @@ rule classes:
 
 rule filters:
     input:
+        unpack(weights_download),
         model_files=model_files(),
     output:
         table=L.filters_table,

@@ -3,6 +3,7 @@
 # images (Fig. 8).
 rule occlusion:
     input:
+        unpack(weights_download),
         unpack(image_folder),
         top=L.topk("{layer}"),
         shown=L.shown("{layer}"),
@@ -18,6 +19,7 @@ rule occlusion:
     benchmark:
         L.benchmark("occlusion", "{layer}")
     params:
+        image_roots=PLAN.image_roots,
         model=model_config,
         layer=layer_name,
         settings=PLAN.occlusion,
@@ -33,6 +35,7 @@ rule occlusion:
 
 rule correspondence:
     input:
+        unpack(weights_download),
         images=installed([PLAN.correspondence["images"]] if PLAN.correspondence else []),
         part_images=installed(PLAN.correspondence_files[1:]),
         model_files=model_files(),

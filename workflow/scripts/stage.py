@@ -13,7 +13,7 @@ from unitscope.logs import stage_log
 RERUN_ONLY = {"code", "listing", "model_files", "dataset_files", "part_images"}
 # inputs there so that the job has them where it runs (a dataset folder in object storage, which
 # the manifest's paths point into); passed on only to a stage that takes them
-FETCH_ONLY = {"image_folder"}
+FETCH_ONLY = {"image_folder", "image_roots", "weights_file"}
 
 
 def plain(value):
@@ -32,10 +32,13 @@ with stage_log(snakemake.log[0], snakemake.rule):
         kwargs["threads"] = snakemake.threads
     with tempfile.TemporaryDirectory(prefix="unitscope-") as tmp:
         if "image_folder" in snakemake.input.keys() and "manifest" in kwargs and "image_folder" not in takes:
-            # the manifest names a storage dataset's images by URL: this job reads its own copy
+            # the manifest names images under the plan's image roots: this job reads its own copies
             from unitscope.inputs import localized_manifest
 
             kwargs["manifest"] = localized_manifest(
-                kwargs["manifest"], snakemake.config["dataset"]["path"],
-                snakemake.input.image_folder, os.path.join(tmp, "manifest.parquet"))
+                kwargs["manifest"], list(snakemake.params.image_roots),
+                list(snakemake.input.image_folder), os.path.join(tmp, "manifest.parquet"))
+        if "weights_file" in snakemake.input.keys() and "model" in kwargs:
+            # weights from a URL: the file the run's download job fetched (and checked)
+            kwargs["model"] = {**kwargs["model"], "weights": snakemake.input.weights_file}
         stage(**kwargs)
