@@ -153,6 +153,8 @@ def test_gallery_report_show_and_image(run):
         html = z.read("report/report.html").decode()
     assert sum(n.endswith(("/stem.png", "/block3.png")) for n in names) == 2
     assert '"RF": "35x35 px"' in html
+    assert "gallery-report" in html  # the whole gallery, one entry of the report
+    open_reports_gallery(work / "report.zip", work / "unpacked")
     r = subprocess.run([sys.executable, "-m", "unitscope", "show", "--layer", "block3", "--unit", "0"],
                        cwd=work, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -167,6 +169,49 @@ def test_gallery_report_show_and_image(run):
     assert r.returncode == 0 and "stem:" in r.stdout and "of its max" in r.stdout, r.stderr
 
 
+def open_reports_gallery(report: Path, to: Path) -> None:
+    """Unpack the report, find the gallery inside it and open it in headless Chromium: its index,
+    each layer's page, a unit's and an image's page, and the filters figure, every image loaded
+    and every link inside the unpacked report."""
+    import urllib.parse
+    import zipfile
+
+    from test_gallery import chromium
+
+    exe = chromium()
+    from playwright.sync_api import sync_playwright
+
+    with zipfile.ZipFile(report) as z:
+        z.extractall(to)
+    found = [p for p in to.rglob("index.html") if (p.parent / "stem" / "index.html").exists()]
+    assert len(found) == 1, found
+    index = found[0]
+    assert (index.parent / "filters.png").exists()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        pages = [index, index.parent / "stem" / "index.html", index.parent / "block3" / "index.html",
+                 index.parent / "block3" / "unit-0000.html", next((index.parent / "images").glob("*.html"))]
+        for path in pages:
+            page.goto(path.as_uri())
+            broken = page.evaluate(
+                """async () => { const imgs = [...document.images];
+                   imgs.forEach(i => i.loading = 'eager');
+                   await Promise.all(imgs.map(i => i.complete ? null :
+                       new Promise(r => { i.onload = i.onerror = r; })));
+                   return imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src); }""")
+            assert not broken, (path, broken[:3])
+            hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
+            for href in hrefs:
+                target = Path(urllib.parse.unquote(urllib.parse.urlparse(href).path))
+                assert target.exists() and to in target.parents, (path, href)
+        page.goto(index.as_uri())
+        assert page.eval_on_selector_all("a[href$='/index.html']", "els => els.length") == 2
+        page.click("text=filters")
+        assert page.url.endswith("/filters.png")
+        browser.close()
+
+
 def test_changing_one_layers_setting_replans_only_that_layer(run):
     work, config, _ = run
     r = snakemake(work, config, "--dry-run")
@@ -176,17 +221,18 @@ def test_changing_one_layers_setting_replans_only_that_layer(run):
     # that layer's chain and its gallery pages, and the gallery's one small index job
     assert planned(r.stdout) == {(s, "block3") for s in ("topk", "shown", "ranges", "patches", "projections",
                                                           "verify", "occlusion", "grids", "gallery_layer")} | {
-        ("gallery_index", ""), ("all", "")}
+        ("gallery_index", ""), ("gallery_report", ""), ("all", "")}
     r = snakemake(work, {**config, "overrides": {"stem": {"n_ranges": 3}}}, "--dry-run")
     # range examples are not projected by default (range_projections: false)
     assert planned(r.stdout) == {(s, "stem") for s in ("ranges", "patches", "grids", "gallery_layer")} | {
-        ("gallery_index", ""), ("all", "")}
+        ("gallery_index", ""), ("gallery_report", ""), ("all", "")}
     r = snakemake(work, {**config, "range_projections": True, "overrides": {"stem": {"n_ranges": 3}}},
                   "--dry-run")
     assert ("projections", "stem") in planned(r.stdout)  # asked for: they are projected too
     r = snakemake(work, {**config, "overrides": {"stem": {"display_px": 48}}}, "--dry-run")
     # the figures (and the occlusion rows its gallery pages copy) of that layer
-    assert planned(r.stdout) == {("grids", "stem"), ("gallery_layer", "stem"), ("all", "")}
+    assert planned(r.stdout) == {("grids", "stem"), ("gallery_layer", "stem"), ("gallery_report", ""),
+                                 ("all", "")}
 
 
 def test_every_input_from_outside_results_is_compared(run, tmp_path):

@@ -87,6 +87,11 @@ class Layout:
         """A layer's folder of the gallery (its page, unit pages and patch images)."""
         return f"{self.gallery}/{layer}"
 
+    @property
+    def gallery_report(self) -> str:
+        """The whole gallery as one folder, for Snakemake's report (gallery_bundle.py)."""
+        return f"{self.res}/gallery-report"
+
     def gallery_file(self, name: str) -> str:
         """What the gallery's index job writes: index.html, style.css, inputs/, images/."""
         return f"{self.gallery}/{name}"
@@ -322,7 +327,7 @@ class Plan:
                 + [L.gallery_layer(name) for name in self.layer_names]
                 + ([L.occlusion_grid(name) for name in self.layer_names] if self.occluded else [])
                 + ([L.correspondence] if self.correspondence else [])
-                + [L.filters_figure, L.filters_table])
+                + [L.filters_figure, L.filters_table, L.gallery_report])
 
 
 def default_dataset_id(cfg: dict) -> str:

@@ -409,6 +409,17 @@ def gallery_layer(table: str, manifest: str, model: dict, layer: str, out: str, 
                       manifest, _prep(model), out, method, classes, k)
 
 
+def gallery_report(index: str, style: str, inputs_dir: str, images_dir: str, layers: list[str],
+                   out: str, filters: str | None = None) -> None:
+    """The whole gallery as one folder (gallery_bundle.py), for Snakemake's report."""
+    import logging
+
+    from .gallery_bundle import bundle_gallery
+
+    n = bundle_gallery(index, style, inputs_dir, images_dir, layers, filters, out)
+    logging.getLogger("unitscope").info("gallery for the report: %d files in %s", n, out)
+
+
 def gallery_index(table: str, manifest: str, rejected: str, model: dict, names: list[str],
                   topk: list[str], units: list[str], rf: list[str], bottomk: list[str],
                   ranges: list[str], activations: list[str], index: str, style: str,

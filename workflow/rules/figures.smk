@@ -89,3 +89,31 @@ rule gallery_index:
         "../../envs/unitscope.yaml"
     script:
         "../scripts/stage.py"
+
+
+# The whole gallery as one folder, inside Snakemake's report (snakemake --report report.zip): one
+# file carries the result to a colleague.
+rule gallery_report:
+    input:
+        index=L.gallery_file("index.html"),
+        style=L.gallery_file("style.css"),
+        inputs_dir=L.gallery_file("inputs"),
+        images_dir=L.gallery_file("images"),
+        layers=[L.gallery_layer(layer) for layer in LAYERS],
+        filters=L.filters_figure,
+    output:
+        out=report(
+            directory(L.gallery_report),
+            htmlindex="index.html",
+            caption="../report/gallery.rst",
+            category="Gallery",
+            labels={"model": "{model}"},
+        ),
+    log:
+        L.log("gallery_report"),
+    params:
+        code=stage_fingerprint("gallery_report"),
+    conda:
+        "../../envs/unitscope.yaml"
+    script:
+        "../scripts/stage.py"
