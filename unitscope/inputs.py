@@ -333,11 +333,8 @@ def image_source(manifest_path: str | os.PathLike, prep: Preprocessing,
 def _moved(path: str, pairs: list[tuple[str, str]]) -> str:
     for src, dst in pairs:
         src, dst = str(src).rstrip("/"), str(dst).rstrip("/")
-        if path == src:
-            return dst
-        if path.startswith(src + "/"):
-            return dst + path[len(src):]
-        if path.startswith(src + "::"):  # a rejected tar member: tar::member
+        # the root itself (a tar shard), a file under it, or a rejected tar member (tar::member)
+        if path == src or path.startswith((src + "/", src + "::")):
             return dst + path[len(src):]
     return path
 

@@ -314,17 +314,14 @@ HASH_PREFIX = re.compile(r"-([a-f0-9]{6,})\.")  # torch.hub's convention: name-<
 def check_hash_prefix(path: str | os.PathLike) -> None:
     """A ValueError where a weights file's name carries a sha256 prefix (torch.hub's
     `name-<hex>.pth`) that its content does not have."""
-    import hashlib
+    from ..datasets.download import file_digest
 
     m = HASH_PREFIX.search(os.path.basename(str(path)))
     if not m:
         return
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if not h.hexdigest().startswith(m.group(1)):
-        raise ValueError(f"{os.path.basename(str(path))}: sha256 {h.hexdigest()[:16]}… does not "
+    digest = file_digest(path)
+    if not digest.startswith(m.group(1)):
+        raise ValueError(f"{os.path.basename(str(path))}: sha256 {digest[:16]}… does not "
                          f"start with the {m.group(1)} its name promises")
 
 
